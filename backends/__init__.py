@@ -1,0 +1,1 @@
+"""Accelerator backends; each registers itself through quire.plugins hooks."""

@@ -1,0 +1,1 @@
+"""The CPU reference backend: plain-torch paged attention, the oracle for every other one."""

@@ -1,0 +1,1 @@
+"""The PyTorch family shared by the cpu, cuda and rocm backends: models, loading, sampling."""

@@ -1,0 +1,62 @@
+"""The attention seam of the torch family: one AttentionImpl per backend.
+
+Dimensions: T tokens, Hq query heads, Hkv KV heads, D head size, N blocks, S block size,
+R requests, B max blocks per request.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] int64
+    query_start_loc: torch.Tensor  # [R+1] int32
+    seq_lens: torch.Tensor  # [R] int32
+    block_tables: torch.Tensor  # [R, B] int32
+    # Host copies for implementations that plan on the CPU.
+    query_start_loc_host: np.ndarray  # [R+1]
+    seq_lens_host: np.ndarray  # [R]
+    num_reqs: int
+    max_query_len: int
+    max_seq_len: int
+
+
+class AttentionImpl(ABC):
+    """Paged attention over packed ragged queries: mixed prefill and decode, GQA, causal.
+
+    The queries of request i are the last (query_start_loc[i+1] - query_start_loc[i]) of its
+    seq_lens[i] positions."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_size: int, scale: float,
+                 sliding_window: int | None = None, soft_cap: float | None = None) -> None:
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads "
+                             f"{num_kv_heads}")
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_size = head_size
+        self.scale = scale
+        self.sliding_window = sliding_window
+        self.soft_cap = soft_cap
+
+    @staticmethod
+    @abstractmethod
+    def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
+                       head_size: int) -> tuple[int, ...]:
+        """Shape of one layer's cache tensor (the layout is the backend's own)."""
+
+    @abstractmethod
+    def write_kv(self, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor) -> None:
+        """key, value [T, Hkv, D] into the cache at slot_mapping [T] (padding: slot 0)."""
+
+    @abstractmethod
+    def forward(self, query: torch.Tensor, kv_cache: torch.Tensor,
+                metadata: AttentionMetadata) -> torch.Tensor:
+        """query [T, Hq, D] -> output [T, Hq, D]."""

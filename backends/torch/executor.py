@@ -1,0 +1,118 @@
+"""TorchExecutor: the Executor contract for every torch backend; a backend picks its device
+and its AttentionImpl."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
+from quire.backends.torch.loader import iter_weights
+from quire.backends.torch.model_config import parse_arch_config, read_config_json
+from quire.backends.torch.models.registry import ModelFactory, resolve_architecture
+from quire.backends.torch.sampler import Sampler
+from quire.core.batch import Batch
+from quire.core.config import EngineConfig
+from quire.core.executor import Executor, ModelInfo, ModelOutput
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TorchExecutor(Executor):
+    attention_cls: type[AttentionImpl]
+    device = torch.device("cpu")
+
+    def __init__(self, config: EngineConfig,
+                 extra_models: dict[str, ModelFactory] | None = None) -> None:
+        super().__init__(config, extra_models)
+        self.model: torch.nn.Module | None = None
+        self.kv_caches: list[torch.Tensor] = []
+        self.sampler = Sampler(config.seed)
+        self.info: ModelInfo | None = None
+
+    def resolve_dtype(self, requested: str, config_dtype: str | None) -> str:
+        if requested != "auto":
+            if requested not in self.capabilities().dtypes:
+                raise ValueError(f"dtype {requested!r} is not supported by this backend; "
+                                 f"supported: {self.capabilities().dtypes}")
+            return requested
+        if config_dtype in self.capabilities().dtypes:
+            return config_dtype
+        return self.capabilities().default_dtype
+
+    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
+        start = time.perf_counter()
+        raw = read_config_json(model_path)
+        arch, factory = resolve_architecture(raw, self.extra_models)
+        cfg = parse_arch_config(raw, arch)
+        dtype = self.resolve_dtype(dtype, cfg.torch_dtype)
+        max_len = self.config.max_model_len or cfg.max_position_embeddings
+        torch.manual_seed(self.config.seed)
+        with self.device:
+            model = factory(cfg, self.attention_cls, max_len)
+        model.load_weights(iter_weights(model_path))
+        self.model = model.to(device=self.device, dtype=TORCH_DTYPES[dtype]).eval()
+        self.info = ModelInfo(
+            vocab_size=cfg.vocab_size, max_model_len=cfg.max_position_embeddings,
+            num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
+            head_size=cfg.head_size, dtype=dtype, architecture=arch,
+        )
+        logger.info("loaded %s (%s) from %s in %.1fs", arch, dtype, model_path,
+                    time.perf_counter() - start)
+        return self.info
+
+    def kv_cache_bytes_per_block(self, block_size: int) -> int:
+        assert self.info is not None, "load_model first"
+        elem = torch.tensor([], dtype=TORCH_DTYPES[self.info.dtype]).element_size()
+        return 2 * self.info.num_layers * block_size * self.info.num_kv_heads * \
+            self.info.head_size * elem
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        assert self.info is not None, "load_model first"
+        shape = self.attention_cls.kv_cache_shape(num_blocks, block_size,
+                                                  self.info.num_kv_heads, self.info.head_size)
+        dtype = TORCH_DTYPES[self.info.dtype]
+        self.kv_caches = [torch.zeros(shape, dtype=dtype, device=self.device)
+                          for _ in range(self.info.num_layers)]
+
+    @torch.inference_mode()
+    def execute(self, batch: Batch) -> ModelOutput:
+        assert self.model is not None and self.kv_caches, "load_model and allocate_kv_cache first"
+        t0 = time.perf_counter()
+        dev = self.device
+        md = AttentionMetadata(
+            slot_mapping=torch.from_numpy(batch.slot_mapping).to(dev),
+            query_start_loc=torch.from_numpy(batch.query_start_loc).to(dev),
+            seq_lens=torch.from_numpy(batch.seq_lens).to(dev),
+            block_tables=torch.from_numpy(batch.block_tables).to(dev),
+            query_start_loc_host=batch.query_start_loc,
+            seq_lens_host=batch.seq_lens,
+            num_reqs=batch.num_reqs,
+            max_query_len=batch.max_query_len,
+            max_seq_len=batch.max_seq_len,
+        )
+        input_ids = torch.from_numpy(batch.input_ids).to(dev).long()
+        positions = torch.from_numpy(batch.positions).to(dev).long()
+        hidden = self.model(input_ids, positions, self.kv_caches, md)
+        t1 = time.perf_counter()
+        if len(batch.logits_indices) == 0:
+            return ModelOutput(np.zeros(0, dtype=np.int64), timings={"forward": t1 - t0})
+        logits = self.model.compute_logits(hidden[torch.from_numpy(batch.logits_indices).long()])
+        sampled = self.sampler(logits.cpu(), batch.sampling)
+        t2 = time.perf_counter()
+        out = ModelOutput(sampled.token_ids.numpy().astype(np.int64),
+                          timings={"forward": t1 - t0, "sample": t2 - t1})
+        if sampled.sampled_logprobs is not None:
+            out.sampled_logprobs = sampled.sampled_logprobs.numpy()
+            out.top_token_ids = sampled.top_token_ids.numpy()
+            out.top_logprobs = sampled.top_logprobs.numpy()
+        return out
+
+    def shutdown(self) -> None:
+        self.model = None
+        self.kv_caches = []

@@ -1,0 +1,1 @@
+"""Model definitions of the torch family and the architecture registry."""

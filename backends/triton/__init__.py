@@ -1,0 +1,1 @@
+"""Home of a later backend (see the open issues); nothing here yet."""

@@ -1,0 +1,212 @@
+"""SchedulerOutput -> Batch: flat numpy arrays in the one vocabulary every backend reads.
+
+Packed ragged layout for R requests and T tokens (request i owns tokens
+query_start_loc[i]:query_start_loc[i+1], the last ones of its seq_lens[i] positions):
+
+    input_ids      [T]       int32   token ids
+    positions      [T]       int32   position of each token in its sequence
+    slot_mapping   [T]       int64   block_id * block_size + offset where its K/V goes
+    query_start_loc[R+1]     int32   prefix sums of the scheduled token counts
+    seq_lens       [R]       int32   context length after this step (computed + new)
+    block_tables   [R, B]    int32   each request's blocks, padded with the null block 0
+    logits_indices [S]       int32   tokens whose logits are sampled (S requests that
+                                     finish catching up in this step)
+
+Padding to a backend's buckets adds tokens with input id 0, position 0 and slot 0 (the
+null block) and requests with zero-length queries and seq_lens 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from quire.core.kv_cache_manager import KVCacheManager
+from quire.core.request import Request
+from quire.core.scheduler import SchedulerOutput
+
+
+@dataclass(slots=True)
+class SamplingBatch:
+    """Per-row sampling parameters for the S sampled requests, in logits_indices order."""
+
+    temperature: np.ndarray  # [S] float32; 0 means greedy
+    top_p: np.ndarray  # [S] float32
+    top_k: np.ndarray  # [S] int32; 0 means off
+    min_p: np.ndarray  # [S] float32
+    presence_penalty: np.ndarray  # [S] float32
+    frequency_penalty: np.ndarray  # [S] float32
+    repetition_penalty: np.ndarray  # [S] float32
+    seeds: np.ndarray  # [S] int64; meaningful where has_seed
+    has_seed: np.ndarray  # [S] bool
+    output_steps: np.ndarray  # [S] int64 number of tokens already generated
+    num_logprobs: np.ndarray  # [S] int32; -1 means no logprobs
+    # Penalty inputs, only when some row uses a penalty: token ids padded with -1.
+    prompt_token_ids: np.ndarray | None  # [S, P] int64
+    output_token_ids: np.ndarray | None  # [S, O] int64
+    # Tokens to ban (EOS/stop ids before min_tokens): parallel (row, token id) arrays.
+    suppress_rows: np.ndarray  # [K] int64
+    suppress_token_ids: np.ndarray  # [K] int64
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.temperature)
+
+    @property
+    def all_greedy(self) -> bool:
+        return bool(np.all(self.temperature < 1e-5))
+
+    @property
+    def max_num_logprobs(self) -> int:
+        return int(self.num_logprobs.max(initial=-1))
+
+
+@dataclass(slots=True)
+class Batch:
+    input_ids: np.ndarray
+    positions: np.ndarray
+    slot_mapping: np.ndarray
+    query_start_loc: np.ndarray
+    seq_lens: np.ndarray
+    block_tables: np.ndarray
+    logits_indices: np.ndarray
+    sampling: SamplingBatch
+    num_reqs: int  # real requests (rows past this are padding)
+    num_tokens: int  # real tokens (entries past this are padding)
+    max_query_len: int
+    max_seq_len: int
+    block_size: int
+
+
+def build_batch(
+    out: SchedulerOutput,
+    kv_cache: KVCacheManager,
+    token_buckets: Sequence[int] = (),
+    request_buckets: Sequence[int] = (),
+) -> Batch:
+    requests = out.requests
+    num_reqs = len(requests)
+    block_size = kv_cache.block_size
+    num_new = np.asarray(out.num_new_tokens, dtype=np.int32)
+    num_computed = np.fromiter((r.num_computed_tokens for r in requests), np.int32, num_reqs)
+    num_tokens = int(num_new.sum())
+    padded_tokens = _bucket(num_tokens, token_buckets)
+    padded_reqs = _bucket(num_reqs, request_buckets)
+
+    query_start_loc = np.zeros(padded_reqs + 1, dtype=np.int32)
+    np.cumsum(num_new, out=query_start_loc[1 : num_reqs + 1])
+    query_start_loc[num_reqs + 1 :] = num_tokens
+    seq_lens = np.zeros(padded_reqs, dtype=np.int32)
+    seq_lens[:num_reqs] = num_computed + num_new
+
+    req_of_token = np.repeat(np.arange(num_reqs, dtype=np.int32), num_new)
+    positions = np.zeros(padded_tokens, dtype=np.int32)
+    positions[:num_tokens] = (
+        np.arange(num_tokens, dtype=np.int32)
+        - np.repeat(query_start_loc[:num_reqs], num_new)
+        + np.repeat(num_computed, num_new)
+    )
+    input_ids = np.zeros(padded_tokens, dtype=np.int32)
+    ids: list[int] = []
+    for r, c, n in zip(requests, num_computed.tolist(), out.num_new_tokens):
+        ids.extend(r.all_token_ids[c : c + n])
+    input_ids[:num_tokens] = ids
+
+    block_id_lists = [kv_cache.get_block_ids(r.request_id) for r in requests]
+    max_blocks = max((len(b) for b in block_id_lists), default=1) or 1
+    block_tables = np.zeros((padded_reqs, max_blocks), dtype=np.int32)
+    for i, block_ids in enumerate(block_id_lists):
+        block_tables[i, : len(block_ids)] = block_ids
+    slot_mapping = np.zeros(padded_tokens, dtype=np.int64)
+    pos = positions[:num_tokens]
+    slot_mapping[:num_tokens] = (
+        block_tables[req_of_token, pos // block_size].astype(np.int64) * block_size
+        + pos % block_size
+    )
+
+    # A request samples when this step brings it level with all its tokens.
+    is_sampling = seq_lens[:num_reqs] == np.fromiter(
+        (r.num_tokens for r in requests), np.int32, num_reqs
+    )
+    logits_indices = (query_start_loc[1 : num_reqs + 1] - 1)[is_sampling].astype(np.int32)
+    sampled = [r for r, s in zip(requests, is_sampling.tolist()) if s]
+    return Batch(
+        input_ids=input_ids,
+        positions=positions,
+        slot_mapping=slot_mapping,
+        query_start_loc=query_start_loc,
+        seq_lens=seq_lens,
+        block_tables=block_tables,
+        logits_indices=logits_indices,
+        sampling=build_sampling_batch(sampled),
+        num_reqs=num_reqs,
+        num_tokens=num_tokens,
+        max_query_len=int(num_new.max(initial=0)),
+        max_seq_len=int(seq_lens.max(initial=0)),
+        block_size=block_size,
+    )
+
+
+def build_sampling_batch(requests: Sequence[Request]) -> SamplingBatch:
+    params = [r.sampling_params for r in requests]
+    n = len(params)
+
+    def col(name: str, dtype: type) -> np.ndarray:
+        return np.fromiter((getattr(p, name) for p in params), dtype, n)
+
+    presence = col("presence_penalty", np.float32)
+    frequency = col("frequency_penalty", np.float32)
+    repetition = col("repetition_penalty", np.float32)
+    any_penalty = bool(np.any(presence != 0) or np.any(frequency != 0) or np.any(repetition != 1))
+    prompt_ids = output_ids = None
+    if any_penalty:
+        prompt_ids = _pad_rows([r.prompt_token_ids for r in requests])
+        output_ids = _pad_rows([r.output_token_ids for r in requests])
+    rows, banned = [], []
+    for i, r in enumerate(requests):
+        p = r.sampling_params
+        if r.num_output_tokens < p.min_tokens:
+            stops = list(p.stop_token_ids)
+            if r.eos_token_id is not None and not p.ignore_eos:
+                stops.append(r.eos_token_id)
+            rows.extend([i] * len(stops))
+            banned.extend(stops)
+    return SamplingBatch(
+        temperature=col("temperature", np.float32),
+        top_p=col("top_p", np.float32),
+        top_k=col("top_k", np.int32),
+        min_p=col("min_p", np.float32),
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        repetition_penalty=repetition,
+        seeds=np.fromiter((p.seed if p.seed is not None else 0 for p in params), np.int64, n),
+        has_seed=np.fromiter((p.seed is not None for p in params), bool, n),
+        output_steps=np.fromiter((r.num_output_tokens for r in requests), np.int64, n),
+        num_logprobs=np.fromiter(
+            (-1 if p.logprobs is None else p.logprobs for p in params), np.int32, n
+        ),
+        prompt_token_ids=prompt_ids,
+        output_token_ids=output_ids,
+        suppress_rows=np.asarray(rows, dtype=np.int64),
+        suppress_token_ids=np.asarray(banned, dtype=np.int64),
+    )
+
+
+def _pad_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    width = max((len(r) for r in rows), default=0) or 1
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+    """Smallest declared bucket that holds n; n itself when no bucket is declared."""
+    if not buckets:
+        return n
+    for b in sorted(buckets):
+        if b >= n:
+            return b
+    raise ValueError(f"{n} exceeds the largest shape bucket {max(buckets)}")

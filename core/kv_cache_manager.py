@@ -1,0 +1,120 @@
+"""Paged KV cache bookkeeping per request: allocation, prefix-cache lookup, freeing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quire.core.block_pool import BlockPool, KVBlock
+from quire.core.request import Request
+
+
+@dataclass(slots=True)
+class KVCacheStats:
+    num_blocks: int
+    num_used_blocks: int
+    num_free_blocks: int
+    usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
+        self.req_to_blocks: dict[str, list[KVBlock]] = {}
+        # Block ids alongside the blocks, so building a batch never touches KVBlock objects.
+        self.req_to_block_ids: dict[str, list[int]] = {}
+        self.prefix_cache_queries = 0  # tokens looked up
+        self.prefix_cache_hits = 0  # tokens found
+
+    @property
+    def num_usable_blocks(self) -> int:
+        return self.pool.num_usable_blocks
+
+    def num_blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
+        """Longest cached prefix of a request that has not started: (blocks, num_tokens).
+
+        The hit is capped at num_tokens - 1 so the last token is always computed (its logits
+        are needed)."""
+        if not self.enable_prefix_caching:
+            return [], 0
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hits: list[KVBlock] = []
+        for block_hash in request.block_hashes[:max_blocks]:
+            block = self.pool.get_cached_block(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        self.prefix_cache_queries += request.num_tokens
+        self.prefix_cache_hits += len(hits) * self.block_size
+        return hits, len(hits) * self.block_size
+
+    def allocate_slots(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        new_computed_blocks: list[KVBlock] | None = None,
+    ) -> list[KVBlock] | None:
+        """Make room for num_new_tokens after the request's computed (and newly hit) tokens.
+
+        Returns the newly allocated blocks, or None (nothing changed) when the pool can't
+        supply them. Full blocks are entered into the prefix cache right away: a request
+        scheduled later in the same step may hit them, which is safe because every layer
+        writes the whole batch's K/V before any attention reads it."""
+        new_computed_blocks = new_computed_blocks or []
+        blocks = self.req_to_blocks.setdefault(request.request_id, [])
+        block_ids = self.req_to_block_ids.setdefault(request.request_id, [])
+        num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
+        num_total = num_computed + num_new_tokens
+        num_new_blocks = self.num_blocks_for(num_total) - len(blocks) - len(new_computed_blocks)
+        num_hits_on_free = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
+        if num_new_blocks + num_hits_on_free > self.pool.num_free_blocks:
+            if not blocks:
+                self._forget(request.request_id)
+            return None
+        self.pool.touch(new_computed_blocks)
+        blocks.extend(new_computed_blocks)
+        new_blocks = self.pool.get_new_blocks(max(num_new_blocks, 0))
+        blocks.extend(new_blocks)
+        block_ids.extend(b.block_id for b in new_computed_blocks)
+        block_ids.extend(b.block_id for b in new_blocks)
+        if self.enable_prefix_caching:
+            num_full = min(num_total // self.block_size, len(request.block_hashes))
+            for i in range(num_computed // self.block_size, num_full):
+                self.pool.cache_block(blocks[i], request.block_hashes[i])
+        return new_blocks
+
+    def free(self, request: Request) -> None:
+        """Release a request's blocks, last block first, so a sequence's tail is evicted
+        before its (more shareable) prefix."""
+        blocks = self.req_to_blocks.pop(request.request_id, None)
+        self.req_to_block_ids.pop(request.request_id, None)
+        if blocks:
+            self.pool.free_blocks(reversed(blocks))
+
+    def get_block_ids(self, request_id: str) -> list[int]:
+        return self.req_to_block_ids.get(request_id, [])
+
+    def stats(self) -> KVCacheStats:
+        free = self.pool.num_free_blocks
+        return KVCacheStats(
+            num_blocks=self.pool.num_usable_blocks,
+            num_used_blocks=self.pool.num_usable_blocks - free,
+            num_free_blocks=free,
+            usage=self.pool.usage(),
+            prefix_cache_queries=self.prefix_cache_queries,
+            prefix_cache_hits=self.prefix_cache_hits,
+        )
+
+    def _forget(self, request_id: str) -> None:
+        self.req_to_blocks.pop(request_id, None)
+        self.req_to_block_ids.pop(request_id, None)

@@ -1,0 +1,50 @@
+"""What a plugin hands quire: BackendSpec, and the hookimpl marker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pluggy
+
+PROJECT_NAME = "quire"
+# major.minor: a plugin built for another major version is refused.
+PLUGIN_API_VERSION = "1.0"
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    available: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.available
+
+
+def always_available() -> Availability:
+    return Availability(True, "")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """One backend a plugin offers.
+
+    name: what users pass to --backend / backend= / QUIRE_BACKEND.
+    factory: "module:Class" of a quire.core.executor.Executor subclass, imported only when
+        this backend is chosen.
+    priority: automatic selection takes the highest-priority available backend.
+    is_available: a cheap probe (no heavy imports when avoidable) saying whether and why not.
+    explicit_only: usable only when asked for by name (never picked automatically).
+    api_version: the PLUGIN_API_VERSION the plugin was built against.
+    """
+
+    name: str
+    factory: str
+    priority: int = 0
+    is_available: Callable[[], Availability] = always_available
+    explicit_only: bool = False
+    description: str = ""
+    api_version: str = PLUGIN_API_VERSION

@@ -1,0 +1,64 @@
+"""From an EngineConfig to a running LLMEngine: plugins, backend, model, KV cache, tokenizer."""
+
+from __future__ import annotations
+
+import logging
+
+from quire.core.config import EngineConfig
+from quire.core.engine import LLMEngine
+from quire.plugins.manager import QuirePlugins, load_plugins
+from quire.plugins.selection import load_factory, select_backend
+from quire.tokenizer import HFTokenizer
+
+logger = logging.getLogger("quire")
+
+
+def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> LLMEngine:
+    if not config.model:
+        raise ValueError("no model given: pass a Hugging Face model folder (model=PATH)")
+    plugins = plugins or load_plugins()
+    status = select_backend(plugins, config.backend)
+    executor_cls = load_factory(status)
+    caps = executor_cls.capabilities()
+    if config.block_size not in caps.block_sizes:
+        raise ValueError(f"block_size {config.block_size} is not supported by backend "
+                         f"{status.spec.name!r}; choose one of {caps.block_sizes}")
+    executor = executor_cls(config, plugins.models())
+    info = executor.load_model(config.model, config.dtype)
+    num_blocks = config.num_blocks or executor.profile_num_blocks(
+        config.block_size, config.kv_cache_memory_bytes)
+    capacity = (num_blocks - 1) * config.block_size
+    max_model_len = _max_model_len(config, info.max_model_len, capacity)
+    executor.allocate_kv_cache(num_blocks, config.block_size)
+    gib = num_blocks * executor.kv_cache_bytes_per_block(config.block_size) / (1 << 30)
+    logger.info("backend %s; KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB); "
+                "max_model_len %d", status.spec.name, num_blocks, config.block_size, capacity,
+                gib, max_model_len)
+    tokenizer = HFTokenizer.from_pretrained(config.tokenizer or config.model)
+    max_seqs = min(config.max_num_seqs, caps.max_num_seqs or config.max_num_seqs)
+    engine = LLMEngine(
+        executor, tokenizer, info,
+        num_blocks=num_blocks,
+        block_size=config.block_size,
+        max_num_seqs=max_seqs,
+        max_num_batched_tokens=config.resolved_max_num_batched_tokens,
+        max_model_len=max_model_len,
+        enable_prefix_caching=config.enable_prefix_caching,
+        enable_chunked_prefill=config.enable_chunked_prefill,
+    )
+    engine.backend_name = status.spec.name
+    return engine
+
+
+def _max_model_len(config: EngineConfig, model_limit: int, capacity: int) -> int:
+    if config.max_model_len is not None:
+        if config.max_model_len > capacity:
+            raise ValueError(
+                f"max_model_len {config.max_model_len} does not fit the KV cache "
+                f"({capacity} tokens); raise kv_cache_memory_bytes/num_blocks or lower "
+                "max_model_len")
+        return config.max_model_len
+    if model_limit > capacity:
+        logger.warning("max_model_len lowered from the model's %d to the KV cache's %d tokens",
+                       model_limit, capacity)
+    return min(model_limit, capacity)

@@ -1,0 +1,1 @@
+"""Helpers for testing quire and its plugins without downloading anything."""

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install quire with its test dependencies. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+# torch==2.13.0 first: it is the CPU build on local disk (an unpinned torch pulls CUDA).
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e ".[dev]"
