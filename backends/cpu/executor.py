@@ -15,5 +15,5 @@ class CpuExecutor(TorchExecutor):
         return Capabilities(
             dtypes=("float32", "bfloat16", "float16"),
             default_dtype="bfloat16",
-            block_sizes=(8, 16, 32, 64, 128),
+            block_sizes=(1, 2, 4, 8, 16, 32, 64, 128),
         )

@@ -78,13 +78,15 @@ def build_model(
     max_position_embeddings: int = 1024,
     tie_word_embeddings: bool = False,
     weight_scale: float = 3.0,
+    logit_scale: float = 10.0,
     dtype: str = "float32",
     seed: int = 0,
     **overrides,
 ) -> str:
     """Write a random model of architecture `arch` (llama, mistral, qwen2, qwen3) with a
     locally trained tokenizer into out_dir. weight_scale multiplies the default random init
-    so greedy decoding has clear winners instead of near ties."""
+    and logit_scale the output embeddings, so greedy decoding has clear winners instead of
+    near ties."""
     import torch
     import transformers
 
@@ -107,6 +109,8 @@ def build_model(
                 p.add_(torch.randn_like(p) * 0.1)
             else:
                 p.mul_(weight_scale)
+        # Spread the logits out (the final norm fixes the hidden scale): clear greedy winners.
+        model.get_output_embeddings().weight.mul_(logit_scale)
     model.to(getattr(torch, dtype)).save_pretrained(out_dir)
     return out_dir
 

@@ -1,0 +1,106 @@
+"""CPU attention (fast paths) and the canonical reference against a dense oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quire.backends.cpu.attention import CpuAttention
+from quire.backends.cpu.reference import paged_attention
+from quire.backends.torch.attention import AttentionMetadata
+
+
+def make_case(seq_lens, query_lens, num_heads, num_kv_heads, head_size, block_size,
+              dtype=torch.float32, seed=0):
+    """Random paged cache with shuffled block ids, plus the dense K/V per sequence."""
+    g = torch.Generator().manual_seed(seed)
+    num_seqs = len(seq_lens)
+    max_blocks = max(-(-s // block_size) for s in seq_lens)
+    num_blocks = 1 + num_seqs * max_blocks
+    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).view(num_seqs, max_blocks)
+    block_tables = perm.int()
+    key_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_size, generator=g)
+    value_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_size, generator=g)
+    query = torch.randn(sum(query_lens), num_heads, head_size, generator=g)
+    qsl = torch.tensor(np.concatenate([[0], np.cumsum(query_lens)]), dtype=torch.int32)
+    return (query.to(dtype), key_cache.to(dtype), value_cache.to(dtype), block_tables, qsl,
+            torch.tensor(seq_lens, dtype=torch.int32))
+
+
+def dense_oracle(query, key_cache, value_cache, block_tables, qsl, seq_lens, scale,
+                 window=None, soft_cap=None):
+    """Straightforward per-query loop, no paging tricks."""
+    out = torch.zeros(query.shape, dtype=torch.float64)
+    bs = key_cache.shape[1]
+    group = query.shape[1] // key_cache.shape[2]
+    for i, L in enumerate(seq_lens.tolist()):
+        for t in range(qsl[i].item(), qsl[i + 1].item()):
+            pos = L - (qsl[i + 1].item() - t)
+            for h in range(query.shape[1]):
+                ks, vs = [], []
+                for p in range(pos + 1):
+                    if window is not None and p <= pos - window:
+                        continue
+                    blk = block_tables[i, p // bs]
+                    ks.append(key_cache[blk, p % bs, h // group].double())
+                    vs.append(value_cache[blk, p % bs, h // group].double())
+                s = torch.stack(ks) @ query[t, h].double() * scale
+                if soft_cap is not None:
+                    s = soft_cap * torch.tanh(s / soft_cap)
+                out[t, h] = torch.softmax(s, 0) @ torch.stack(vs)
+    return out
+
+
+GRID = [
+    # seq_lens, query_lens, Hq, Hkv, D, block_size
+    ([5], [5], 4, 4, 16, 4),  # pure prefill, MHA
+    ([7, 1, 9], [1, 1, 1], 4, 2, 32, 4),  # pure decode, GQA
+    ([12, 6, 3], [4, 1, 3], 8, 2, 16, 8),  # chunked prefill + decode + prefill
+    ([33, 17], [1, 17], 6, 1, 64, 16),  # MQA
+]
+
+
+@pytest.mark.parametrize("seq_lens,query_lens,hq,hkv,d,bs", GRID)
+@pytest.mark.parametrize("window,soft_cap", [(None, None), (4, None), (None, 5.0)])
+def test_reference_matches_dense_oracle(seq_lens, query_lens, hq, hkv, d, bs, window, soft_cap):
+    case = make_case(seq_lens, query_lens, hq, hkv, d, bs)
+    ref = paged_attention(*case, scale=d**-0.5, sliding_window=window, soft_cap=soft_cap)
+    oracle = dense_oracle(*case, scale=d**-0.5, window=window, soft_cap=soft_cap)
+    torch.testing.assert_close(ref.double(), oracle, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq_lens,query_lens,hq,hkv,d,bs", GRID)
+@pytest.mark.parametrize("window,soft_cap", [(None, None), (3, None), (None, 2.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_impl_matches_reference(seq_lens, query_lens, hq, hkv, d, bs, window, soft_cap,
+                                    dtype):
+    query, kc, vc, bt, qsl, sl = make_case(seq_lens, query_lens, hq, hkv, d, bs, dtype)
+    impl = CpuAttention(hq, hkv, d, d**-0.5, window, soft_cap)
+    kv_cache = torch.stack([kc, vc])
+    md = AttentionMetadata(
+        slot_mapping=torch.zeros(0, dtype=torch.long), query_start_loc=qsl, seq_lens=sl,
+        block_tables=bt, query_start_loc_host=qsl.numpy(), seq_lens_host=sl.numpy(),
+        num_reqs=len(seq_lens), max_query_len=max(query_lens), max_seq_len=max(seq_lens))
+    got = impl.forward(query, kv_cache, md)
+    ref = paged_attention(query, kc, vc, bt, qsl, sl, d**-0.5, window, soft_cap)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
+
+
+def test_write_kv_by_slot_mapping_padding_to_null_block():
+    impl = CpuAttention(2, 2, 4, 0.5)
+    cache = torch.zeros(impl.kv_cache_shape(4, 2, 2, 4))
+    key = torch.arange(3 * 2 * 4, dtype=torch.float32).view(3, 2, 4) + 1
+    value = -key
+    impl.write_kv(key, value, cache, torch.tensor([5, 2, 0]))  # last token is padding
+    torch.testing.assert_close(cache[0, 2, 1], key[0])  # slot 5 = block 2, offset 1
+    torch.testing.assert_close(cache[1, 1, 0], value[1])  # slot 2 = block 1, offset 0
+    assert cache[:, 1:].abs().sum() == key[:2].abs().sum() * 2  # only the null block else
+
+
+def test_reference_rejects_bad_shapes():
+    case = list(make_case([4], [4], 4, 2, 8, 4))
+    case[0] = case[0][..., :4]
+    with pytest.raises(ValueError, match="head size"):
+        paged_attention(*case, scale=1.0)
