@@ -42,6 +42,7 @@ class IncrementalDetokenizer:
         self.stop_strings = tuple(stop_strings)
         self.include_stop = include_stop_str_in_output
         self.hold_back = max((len(s) for s in self.stop_strings), default=1) - 1
+        self.is_done = False
 
     def update(self, new_token_ids: Sequence[int]) -> str | None:
         """Add tokens; returns the stop string that matched (text then ends there), if any."""
@@ -52,6 +53,17 @@ class IncrementalDetokenizer:
         if not self.stop_strings:
             return None
         return self._check_stop(max(0, start - self.hold_back))
+
+    def finish(self) -> None:
+        """The request ended: emit bytes still waiting for a character to complete (they
+        decode to U+FFFD, as a full decode would show them). Idempotent."""
+        if self.is_done:
+            return
+        self.is_done = True
+        decode, skip = self.tokenizer.decode, self.skip_special_tokens
+        prefix = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=skip)
+        full = decode(self.ids[self.prefix_offset :], skip_special_tokens=skip)
+        self.output_text += full[len(prefix) :]
 
     def visible_text(self, finished: bool) -> str:
         """Text safe to show: while running, a possible stop-string prefix is held back."""
@@ -79,5 +91,6 @@ class IncrementalDetokenizer:
         if best is None:
             return None
         idx, stop = best
+        self.is_done = True
         self.output_text = self.output_text[: idx + len(stop) if self.include_stop else idx]
         return stop

@@ -241,6 +241,8 @@ class LLMEngine:
         for i, child in enumerate(parent.children):
             request = child.request
             done = request.is_finished
+            if done:
+                child.detokenizer.finish()
             completions.append(CompletionOutput(
                 index=i,
                 text=child.detokenizer.visible_text(done),
