@@ -259,7 +259,7 @@ class LLMEngine:
             first_scheduled_time=first.first_scheduled_time,
             first_token_time=min((c.request.first_token_time for c in parent.children
                                   if c.request.first_token_time is not None), default=None),
-            finished_time=max((c.request.finished_time or 0.0 for c in parent.children))
+            finished_time=max(c.request.finished_time or 0.0 for c in parent.children)
             if finished else None,
             num_prompt_tokens=len(parent.prompt_token_ids),
             num_cached_tokens=max(first.num_cached_tokens, 0),

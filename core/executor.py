@@ -86,5 +86,5 @@ class Executor(ABC):
     def execute(self, batch: Batch) -> ModelOutput:
         """Run the forward pass over the packed batch and sample one token per sampled row."""
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Release weights and cache."""

@@ -68,7 +68,8 @@ class SamplingParams:
             )
         if self.logprobs is not None:
             _int_at_least("logprobs", self.logprobs, 0)
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+        if self.seed is not None and (not isinstance(self.seed, int)
+                                      or isinstance(self.seed, bool)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if any(not isinstance(s, str) or not s for s in self.stop_strings):
             raise ValueError("stop must be a non-empty string or a list of non-empty strings")

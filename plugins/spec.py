@@ -38,6 +38,11 @@ class BackendSpec:
     priority: automatic selection takes the highest-priority available backend.
     is_available: a cheap probe (no heavy imports when avoidable) saying whether and why not.
     explicit_only: usable only when asked for by name (never picked automatically).
+    ops: "module" exposing the canonical-layout kernels the conformance kit checks:
+        paged_attention(query, key_cache, value_cache, block_tables, query_start_loc,
+        seq_lens, scale, sliding_window=None, soft_cap=None) and
+        write_kv(key, value, key_cache, value_cache, slot_mapping); tensors of the backend's
+        framework, layout as in quire.backends.cpu.reference.
     api_version: the PLUGIN_API_VERSION the plugin was built against.
     """
 
@@ -47,4 +52,5 @@ class BackendSpec:
     is_available: Callable[[], Availability] = always_available
     explicit_only: bool = False
     description: str = ""
+    ops: str | None = None
     api_version: str = PLUGIN_API_VERSION

@@ -8,3 +8,5 @@ fi
 # torch==2.13.0 first: it is the CPU build on local disk (an unpinned torch pulls CUDA).
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[dev]"
+# The example third-party plugin, installed like any plugin (the tests select it).
+.venv/bin/pip install -q --no-deps -e tests/plugins/quire-example-accel

@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite on the CPU.
+# Set up (if needed), run the backend conformance kit once per backend (a backend that can't
+# run here is reported as skipped, with why), then the whole test suite, on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+for backend in cpu example cuda rocm tpu; do
+    echo "== conformance kit: backend $backend"
+    .venv/bin/python -m pytest -q -rs -p no:cacheprovider --pyargs quire.testing \
+        --quire-backend "$backend"
+done
+echo "== test suite"
 .venv/bin/python -m pytest -q "$@"

@@ -21,4 +21,5 @@ def quire_register_backends() -> list[BackendSpec]:
         priority=10,
         is_available=_torch_installed,
         description="PyTorch on the host CPU; the reference backend",
+        ops="quire.backends.cpu.ops",
     )]

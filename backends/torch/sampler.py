@@ -36,7 +36,8 @@ class Sampler:
         logits = apply_penalties(logits, sb)
         if len(sb.suppress_rows):
             logits = logits.clone()
-            logits[torch.from_numpy(sb.suppress_rows), torch.from_numpy(sb.suppress_token_ids)] = _MASK
+            rows = torch.from_numpy(sb.suppress_rows)
+            logits[rows, torch.from_numpy(sb.suppress_token_ids)] = _MASK
         if sb.all_greedy:
             token_ids = logits.argmax(dim=-1)
         else:

@@ -111,7 +111,8 @@ class LlamaForCausalLM(nn.Module):
                 continue
             target, shard = self._target(name)
             if target not in params:
-                raise ValueError(f"checkpoint tensor {name!r} has no place in {self.cfg.architecture}")
+                raise ValueError(f"checkpoint tensor {name!r} has no place in "
+                                 f"{self.cfg.architecture}")
             param = params[target]
             if shard is None:
                 if param.shape != tensor.shape:

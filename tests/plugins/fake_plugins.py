@@ -1,0 +1,53 @@
+"""Plugin objects for plugin-manager tests, loaded through fake entry points."""
+
+from __future__ import annotations
+
+from quire.backends.torch.models.llama import LlamaForCausalLM
+from quire.plugins import Availability, BackendSpec, hookimpl
+
+
+class Good:
+    @hookimpl
+    def quire_register_backends(self):
+        return [
+            BackendSpec("fast", "quire.backends.cpu.executor:CpuExecutor", priority=50),
+            BackendSpec("gpu_only", "nowhere:Nothing", priority=100,
+                        is_available=lambda: Availability(False, "torch has no CUDA device")),
+            BackendSpec("tpu_cpu", "quire.backends.cpu.executor:CpuExecutor", priority=200,
+                        explicit_only=True),
+        ]
+
+
+class Broken:
+    @hookimpl
+    def quire_register_backends(self):
+        raise RuntimeError("driver exploded")
+
+
+class ClaimsCpu:
+    @hookimpl
+    def quire_register_backends(self):
+        return [BackendSpec("cpu", "x:Y")]
+
+
+class OldApi:
+    @hookimpl
+    def quire_register_backends(self):
+        return [BackendSpec("old", "quire.backends.cpu.executor:CpuExecutor", priority=99,
+                            api_version="0.3")]
+
+
+class Chooser:
+    @hookimpl
+    def quire_select_backend(self, specs, requested):
+        return next((s for s in specs if s.name == "cpu"), None)
+
+
+class Models:
+    @hookimpl
+    def quire_register_models(self):
+        return {"MyLlamaForCausalLM": LlamaForCausalLM}
+
+
+good, broken, claims_cpu, old_api, chooser, models = (
+    Good(), Broken(), ClaimsCpu(), OldApi(), Chooser(), Models())

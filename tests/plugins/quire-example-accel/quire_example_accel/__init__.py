@@ -1,0 +1,1 @@
+"""A pretend accelerator: the torch model code with its own head-major KV layout."""

@@ -1,0 +1,16 @@
+"""Registers the "example" backend through quire's public hooks only."""
+
+from __future__ import annotations
+
+from quire.plugins import BackendSpec, hookimpl
+
+
+@hookimpl
+def quire_register_backends() -> list[BackendSpec]:
+    return [BackendSpec(
+        name="example",
+        factory="quire_example_accel.executor:ExampleExecutor",
+        priority=1,  # never preferred over the built-in cpu backend automatically
+        description="example plugin: head-major KV layout on the CPU",
+        ops="quire_example_accel.ops",
+    )]

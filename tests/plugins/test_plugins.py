@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from quire.plugins.manager import load_plugins
+from quire.plugins.selection import describe, select_backend
+
+
+def eps(*names: str) -> list[EntryPoint]:
+    return [EntryPoint(n, f"tests.plugins.fake_plugins:{n}", "quire") for n in names]
+
+
+def test_builtin_cpu_registers_through_the_hook():
+    plugins = load_plugins(env={}, entry_points=[])
+    (cpu,) = plugins.backends()
+    assert cpu.spec.name == "cpu" and cpu.availability and cpu.package == "quire"
+    assert select_backend(plugins, None, env={}).spec.name == "cpu"
+
+
+def test_explicit_beats_env_beats_automatic():
+    plugins = load_plugins(env={}, entry_points=eps("good"))
+    assert select_backend(plugins, None, env={}).spec.name == "fast"  # highest available
+    assert select_backend(plugins, None, env={"QUIRE_BACKEND": "cpu"}).spec.name == "cpu"
+    assert select_backend(plugins, "fast", env={"QUIRE_BACKEND": "cpu"}).spec.name == "fast"
+    # explicit_only backends are never automatic but can be asked for
+    assert select_backend(plugins, "tpu_cpu", env={}).spec.name == "tpu_cpu"
+
+
+def test_unknown_and_unavailable_names_explain():
+    plugins = load_plugins(env={}, entry_points=eps("good"))
+    with pytest.raises(ValueError) as err:
+        select_backend(plugins, "nope", env={})
+    msg = str(err.value)
+    assert "unknown backend 'nope'" in msg and "gpu_only" in msg and "cpu" in msg
+    with pytest.raises(ValueError, match="torch has no CUDA device"):
+        select_backend(plugins, "gpu_only", env={})
+
+
+def test_broken_plugin_reported_and_skipped():
+    plugins = load_plugins(env={}, entry_points=eps("broken", "good") + [
+        EntryPoint("missing", "no_such_module_xyz", "quire")])
+    names = [s.spec.name for s in plugins.backends()]
+    assert names == ["tpu_cpu", "gpu_only", "fast", "cpu"]
+    errors = {e.plugin: e.error for e in plugins.errors}
+    assert "driver exploded" in errors["broken"]
+    assert "ModuleNotFoundError" in errors["missing"]
+    assert "plugin 'broken' was skipped" in describe(plugins)
+
+
+def test_duplicate_backend_name_is_an_error_naming_both():
+    plugins = load_plugins(env={}, entry_points=eps("claims_cpu"))
+    with pytest.raises(ValueError, match="'cpu' is registered by both"):
+        plugins.backends()
+
+
+def test_other_major_api_version_refused():
+    plugins = load_plugins(env={}, entry_points=eps("old_api"))
+    status = {s.spec.name: s for s in plugins.backends()}["old"]
+    assert not status.availability and "plugin API 0.3" in status.availability.reason
+    assert select_backend(plugins, None, env={}).spec.name == "cpu"
+
+
+def test_quire_plugins_env_limits_loading():
+    plugins = load_plugins(env={"QUIRE_PLUGINS": "chooser"}, entry_points=eps("good", "chooser"))
+    assert [s.spec.name for s in plugins.backends()] == ["cpu"]
+
+
+def test_select_hook_overrides():
+    plugins = load_plugins(env={}, entry_points=eps("good", "chooser"))
+    assert select_backend(plugins, None, env={}).spec.name == "cpu"
+
+
+def test_models_hook_registers_an_architecture(llama_dir, copy_model):
+    from quire import EngineConfig
+    from quire.engine_factory import create_engine
+
+    path = copy_model(llama_dir)
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["architectures"] = ["MyLlamaForCausalLM"]
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    plugins = load_plugins(env={}, entry_points=eps("models"))
+    engine = create_engine(EngineConfig(model=path, num_blocks=16), plugins)
+    assert engine.model_info.architecture == "MyLlamaForCausalLM"
+
+
+def test_installed_example_plugin_end_to_end(llama_dir):
+    """The example package is pip-installed by the test setup; select it by flag and env."""
+    from quire import LLM, SamplingParams
+
+    table = {s.spec.name: s for s in load_plugins(env={}).backends()}
+    assert table["example"].package == "quire-example-accel"
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    prompts = ["Hello world", "the scheduler serves paged attention"]
+    cpu = LLM(llama_dir, backend="cpu", dtype="float32", num_blocks=32, block_size=8)
+    ex = LLM(llama_dir, backend="example", dtype="float32", num_blocks=32, block_size=8)
+    assert ex.engine.backend_name == "example"
+    assert ex.engine.executor.kv_caches[0].shape[1] == 2  # head-major: [2, Hkv, N, S, D]
+    a = [o.outputs[0].token_ids for o in cpu.generate(prompts, params, use_tqdm=False)]
+    b = [o.outputs[0].token_ids for o in ex.generate(prompts, params, use_tqdm=False)]
+    assert a == b
+
+
+def test_cli_backends_and_env_selection(llama_dir):
+    env = {**os.environ, "QUIRE_BACKEND": "example"}
+    out = subprocess.run([sys.executable, "-m", "quire.cli", "backends"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "quire-example-accel" in out and "selected: example" in out
+    res = subprocess.run([sys.executable, "-m", "quire.cli", "generate", "--model", llama_dir,
+                          "--backend", "nope", "--prompt", "x"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown backend 'nope'" in res.stderr
