@@ -14,6 +14,7 @@ logger = logging.getLogger("quire")
 
 
 def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> LLMEngine:
+    _ensure_logging()
     if not config.model:
         raise ValueError("no model given: pass a Hugging Face model folder (model=PATH)")
     plugins = plugins or load_plugins()
@@ -48,6 +49,17 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
     )
     engine.backend_name = status.spec.name
     return engine
+
+
+def _ensure_logging() -> None:
+    """Show quire's start-up report (INFO) when the application configured no logging."""
+    if logging.getLogger().handlers or logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 
 def _max_model_len(config: EngineConfig, model_limit: int, capacity: int) -> int:

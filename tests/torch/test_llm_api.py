@@ -144,3 +144,14 @@ def test_cli_generate_stream_and_errors(llama_dir, capsys):
     assert rc == 0 and "(finish: length)" in capsys.readouterr().out
     assert cli_main(["generate", "--model", llama_dir]) == 2
     assert "no prompts" in capsys.readouterr().err
+
+
+def test_kv_cache_sized_from_memory_budget(llama_dir, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="quire")
+    # K and V x 2 layers x 16 tokens x 2 KV heads x head size 16 x 4 bytes = 8192 a block
+    llm = LLM(llama_dir, dtype="float32", block_size=16, kv_cache_memory_bytes=1 << 20)
+    assert llm.engine.executor.kv_cache_bytes_per_block(16) == 8192
+    assert llm.engine.kv_cache.pool.num_blocks == 128
+    assert "KV cache: 128 blocks x 16 tokens" in caplog.text
