@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from quire.backends.cpu.reference import attend
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
+from quire.backends.torch.workspace import Workspace
 
 
 class CpuAttention(AttentionImpl):
@@ -27,6 +28,7 @@ class CpuAttention(AttentionImpl):
 
     def forward(self, query: torch.Tensor, kv_cache: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
+        self.workspace = metadata.workspace or Workspace()
         out = torch.empty_like(query)
         qsl = metadata.query_start_loc_host
         seq_lens = metadata.seq_lens_host
@@ -42,11 +44,15 @@ class CpuAttention(AttentionImpl):
         return out
 
     def _gather(self, kv_cache: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # blocks [..., nb] -> keys/values [..., nb * S, Hkv, D]
-        k = kv_cache[0][blocks]
-        v = kv_cache[1][blocks]
+        """blocks [..., nb] -> keys, values [..., nb * S, Hkv, D], copied into the workspace."""
+        flat = blocks.reshape(-1)
+        block_shape = tuple(kv_cache.shape[2:])
+        k = self.workspace.get("k", (flat.numel(), *block_shape), kv_cache.dtype)
+        v = self.workspace.get("v", (flat.numel(), *block_shape), kv_cache.dtype)
+        torch.index_select(kv_cache[0], 0, flat, out=k)
+        torch.index_select(kv_cache[1], 0, flat, out=v)
         shape = (*blocks.shape[:-1], -1, self.num_kv_heads, self.head_size)
-        return k.reshape(shape), v.reshape(shape)
+        return k.view(shape), v.view(shape)
 
     def _prefill(self, q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
                  seq_len: int) -> torch.Tensor:
@@ -81,15 +87,23 @@ class CpuAttention(AttentionImpl):
         k, v = self._gather(kv_cache, blocks)  # [R', L, Hkv, D]
         token_idx = torch.from_numpy(md.query_start_loc_host[rows]).long()
         q = query[token_idx]  # [R', Hq, D]
-        num_rows, group = len(rows), self.num_heads // self.num_kv_heads
-        q = q.view(num_rows, self.num_kv_heads, group, self.head_size)
-        scores = torch.matmul(q.float(), k.float().permute(0, 2, 3, 1)) * self.scale
-        if self.soft_cap is not None:
-            scores = self.soft_cap * torch.tanh(scores / self.soft_cap)
+        num_rows = len(rows)
         k_pos = torch.arange(k.shape[1])
         visible = k_pos.unsqueeze(0) < seq_lens.unsqueeze(1)  # [R', L]
         if self.sliding_window is not None:
             visible &= k_pos.unsqueeze(0) > (seq_lens - 1 - self.sliding_window).unsqueeze(1)
+        if self.soft_cap is None:
+            res = F.scaled_dot_product_attention(
+                q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2),
+                attn_mask=visible[:, None, None, :], scale=self.scale,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            )  # [R', Hq, 1, D]
+            out[token_idx] = res.view(num_rows, self.num_heads, self.head_size)
+            return
+        group = self.num_heads // self.num_kv_heads
+        qg = q.view(num_rows, self.num_kv_heads, group, self.head_size)
+        scores = torch.matmul(qg.float(), k.float().permute(0, 2, 3, 1)) * self.scale
+        scores = self.soft_cap * torch.tanh(scores / self.soft_cap)
         scores.masked_fill_(~visible[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         res = torch.matmul(probs, v.float().transpose(1, 2))  # [R', Hkv, G, D]

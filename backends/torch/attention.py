@@ -7,10 +7,12 @@ R requests, B max blocks per request.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from quire.backends.torch.workspace import Workspace
 
 
 @dataclass(slots=True)
@@ -25,6 +27,8 @@ class AttentionMetadata:
     num_reqs: int
     max_query_len: int
     max_seq_len: int
+    # Scratch buffers shared by all layers of a step (None: the impl allocates its own).
+    workspace: Workspace | None = field(default=None)
 
 
 class AttentionImpl(ABC):

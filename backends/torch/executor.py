@@ -14,6 +14,7 @@ from quire.backends.torch.loader import iter_weights
 from quire.backends.torch.model_config import parse_arch_config, read_config_json
 from quire.backends.torch.models.registry import ModelFactory, resolve_architecture
 from quire.backends.torch.sampler import Sampler
+from quire.backends.torch.workspace import Workspace
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Executor, ModelInfo, ModelOutput
@@ -33,6 +34,7 @@ class TorchExecutor(Executor):
         self.model: torch.nn.Module | None = None
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler(config.seed)
+        self.workspace = Workspace(self.device)
         self.info: ModelInfo | None = None
 
     def resolve_dtype(self, requested: str, config_dtype: str | None) -> str:
@@ -95,6 +97,7 @@ class TorchExecutor(Executor):
             num_reqs=batch.num_reqs,
             max_query_len=batch.max_query_len,
             max_seq_len=batch.max_seq_len,
+            workspace=self.workspace,
         )
         input_ids = torch.from_numpy(batch.input_ids).to(dev).long()
         positions = torch.from_numpy(batch.positions).to(dev).long()

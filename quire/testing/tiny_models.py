@@ -81,12 +81,14 @@ def build_model(
     logit_scale: float = 10.0,
     dtype: str = "float32",
     seed: int = 0,
+    model_vocab_size: int | None = None,
     **overrides,
 ) -> str:
     """Write a random model of architecture `arch` (llama, mistral, qwen2, qwen3) with a
     locally trained tokenizer into out_dir. weight_scale multiplies the default random init
     and logit_scale the output embeddings, so greedy decoding has clear winners instead of
-    near ties."""
+    near ties. model_vocab_size pads the model's vocabulary beyond the tokenizer's (for
+    benchmarks fed token ids)."""
     import torch
     import transformers
 
@@ -94,7 +96,8 @@ def build_model(
     tokenizer = build_tokenizer(out_dir, vocab_size)
     config_name, extra = _ARCH[arch]
     config = getattr(transformers, config_name)(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        vocab_size=max(model_vocab_size or 0, len(tokenizer)), hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings, bos_token_id=tokenizer.bos_token_id,
