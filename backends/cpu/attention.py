@@ -93,12 +93,17 @@ class CpuAttention(AttentionImpl):
         if self.sliding_window is not None:
             visible &= k_pos.unsqueeze(0) > (seq_lens - 1 - self.sliding_window).unsqueeze(1)
         if self.soft_cap is None:
+            if k.dtype != torch.float32:
+                # torch's CPU SDPA is several times slower on bf16/fp16 than on fp32 for
+                # one-query rows (measured: benchmarks/throughput.py); upcast via the workspace.
+                k = self.workspace.get("k32", tuple(k.shape), torch.float32).copy_(k)
+                v = self.workspace.get("v32", tuple(v.shape), torch.float32).copy_(v)
             res = F.scaled_dot_product_attention(
-                q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2),
+                q.unsqueeze(2).to(k.dtype), k.transpose(1, 2), v.transpose(1, 2),
                 attn_mask=visible[:, None, None, :], scale=self.scale,
                 enable_gqa=self.num_heads != self.num_kv_heads,
             )  # [R', Hq, 1, D]
-            out[token_idx] = res.view(num_rows, self.num_heads, self.head_size)
+            out[token_idx] = res.view(num_rows, self.num_heads, self.head_size).to(out.dtype)
             return
         group = self.num_heads // self.num_kv_heads
         qg = q.view(num_rows, self.num_kv_heads, group, self.head_size)
