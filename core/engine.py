@@ -187,6 +187,11 @@ class LLMEngine:
     def _run_once(self, touched: dict[str, _Parent]) -> None:
         sched_out = self.scheduler.schedule()
         if sched_out.is_empty:
+            if self.scheduler.num_running == 0 and not sched_out.preempted_ids:
+                # Every admitted request fits alone (checked in add_request), so an idle
+                # scheduler with waiting requests would spin forever: fail loudly instead.
+                raise RuntimeError("scheduler made no progress with requests waiting; "
+                                   f"waiting={self.scheduler.num_waiting}")
             return
         batch = build_batch(sched_out, self.kv_cache, self._token_buckets, self._request_buckets)
         model_out = self.executor.execute(batch)
@@ -311,6 +316,13 @@ class LLMEngine:
                 f"prompt has {num_prompt_tokens} tokens but the model allows at most "
                 f"{self.max_model_len - 1} (max_model_len={self.max_model_len} includes at "
                 "least one generated token); shorten the prompt"
+            )
+        sched = self.scheduler.config
+        if not sched.enable_chunked_prefill and num_prompt_tokens > sched.max_num_batched_tokens:
+            return (
+                f"prompt has {num_prompt_tokens} tokens, more than max_num_batched_tokens="
+                f"{sched.max_num_batched_tokens}, and chunked prefill is off; enable chunked "
+                "prefill or raise max_num_batched_tokens"
             )
         needed = self.kv_cache.num_blocks_for(num_prompt_tokens + 1)
         if needed > self.kv_cache.num_usable_blocks:
