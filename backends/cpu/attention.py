@@ -6,6 +6,7 @@ queries (prefill, chunked prefill) run one by one through SDPA.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,8 +36,8 @@ class CpuAttention(AttentionImpl):
         num_reqs = metadata.num_reqs
         query_lens = qsl[1 : num_reqs + 1] - qsl[:num_reqs]
         decode_rows = (query_lens == 1).nonzero()[0]
-        if len(decode_rows):
-            self._decode(query, kv_cache, metadata, decode_rows, out)
+        for group in _length_groups(decode_rows, seq_lens):
+            self._decode(query, kv_cache, metadata, group, out)
         for i in (query_lens > 1).nonzero()[0].tolist():
             start, end, seq_len = int(qsl[i]), int(qsl[i + 1]), int(seq_lens[i])
             out[start:end] = self._prefill(query[start:end], kv_cache,
@@ -113,3 +114,19 @@ class CpuAttention(AttentionImpl):
         probs = torch.softmax(scores, dim=-1)
         res = torch.matmul(probs, v.float().transpose(1, 2))  # [R', Hkv, G, D]
         out[token_idx] = res.reshape(num_rows, self.num_heads, self.head_size).to(out.dtype)
+
+
+def _length_groups(rows: np.ndarray, seq_lens: np.ndarray, max_groups: int = 8) -> list:
+    """Split decode rows into groups of similar context length: each group is padded to its
+    own longest row, so short rows don't pay for the longest one in the batch. A new group
+    starts where lengths drop below two thirds of the current group's longest."""
+    if len(rows) == 0:
+        return []
+    order = rows[np.argsort(-seq_lens[rows], kind="stable")]
+    groups, start = [], 0
+    for i in range(1, len(order)):
+        if len(groups) < max_groups - 1 and seq_lens[order[i]] * 3 < seq_lens[order[start]] * 2:
+            groups.append(order[start:i])
+            start = i
+    groups.append(order[start:])
+    return groups
