@@ -30,6 +30,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, default=None)
     g.add_argument("--no-prefix-caching", action="store_true",
                    help="disable automatic prefix caching")
+    g.add_argument("--no-chunked-prefill", action="store_true",
+                   help="never split a prompt across steps")
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -39,7 +41,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         block_size=args.block_size, num_blocks=args.num_blocks,
         kv_cache_memory_bytes=int(args.kv_cache_gib * _GiB), max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
+        enable_prefix_caching=not args.no_prefix_caching,
+        enable_chunked_prefill=not args.no_chunked_prefill, seed=args.seed,
     )
 
 

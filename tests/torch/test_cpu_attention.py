@@ -104,3 +104,12 @@ def test_reference_rejects_bad_shapes():
     case[0] = case[0][..., :4]
     with pytest.raises(ValueError, match="head size"):
         paged_attention(*case, scale=1.0)
+
+
+def test_decode_rows_grouped_by_length():
+    from quire.backends.cpu.attention import _length_groups
+
+    seq_lens = np.array([100, 10, 90, 50, 12, 5])
+    groups = [g.tolist() for g in _length_groups(np.arange(6), seq_lens)]
+    assert groups == [[0, 2], [3], [4, 1], [5]]
+    assert _length_groups(np.array([], dtype=np.int64), seq_lens) == []
