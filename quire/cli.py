@@ -20,19 +20,23 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "the best available")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     g.add_argument("--dtype", default="auto",
-                   choices=["auto", "float32", "bfloat16", "float16"])
+                   choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and activations (auto: the model's, else the backend's)")
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     g.add_argument("--num-blocks", type=int, default=None,
                    help="KV blocks to allocate (default: from --kv-cache-gib)")
     g.add_argument("--kv-cache-gib", type=float, default=2.0, help="KV cache memory budget")
-    g.add_argument("--max-num-seqs", type=int, default=256)
-    g.add_argument("--max-num-batched-tokens", type=int, default=None)
-    g.add_argument("--max-model-len", type=int, default=None)
+    g.add_argument("--max-num-seqs", type=int, default=256,
+                   help="requests running at once")
+    g.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="token budget of one step (default 2048)")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="longest prompt + output (default: the model's, capped by the cache)")
     g.add_argument("--no-prefix-caching", action="store_true",
                    help="disable automatic prefix caching")
     g.add_argument("--no-chunked-prefill", action="store_true",
                    help="never split a prompt across steps")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -79,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts-file", help="file with one prompt per line")
     gen.add_argument("--chat", action="store_true",
                      help="wrap each prompt as a user message in the chat template")
-    gen.add_argument("--max-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--max-tokens", type=int, default=64, help="tokens to generate at most")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = off)")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k best (0 = off)")
     gen.add_argument("--n", type=int, default=1, help="completions per prompt")
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--stream", action="store_true",
