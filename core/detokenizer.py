@@ -60,9 +60,7 @@ class IncrementalDetokenizer:
         if self.is_done:
             return
         self.is_done = True
-        decode, skip = self.tokenizer.decode, self.skip_special_tokens
-        prefix = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=skip)
-        full = decode(self.ids[self.prefix_offset :], skip_special_tokens=skip)
+        prefix, full = self._decode_pending()
         self.output_text += full[len(prefix) :]
 
     def visible_text(self, finished: bool) -> str:
@@ -71,11 +69,14 @@ class IncrementalDetokenizer:
             return self.output_text
         return self.output_text[: max(0, len(self.output_text) - self.hold_back)]
 
-    def _next_text(self) -> str:
-        decode = self.tokenizer.decode
-        skip = self.skip_special_tokens
+    def _decode_pending(self) -> tuple[str, str]:
+        """(text already emitted from the window, text of the whole window)."""
+        decode, skip = self.tokenizer.decode, self.skip_special_tokens
         prefix = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=skip)
-        full = decode(self.ids[self.prefix_offset :], skip_special_tokens=skip)
+        return prefix, decode(self.ids[self.prefix_offset :], skip_special_tokens=skip)
+
+    def _next_text(self) -> str:
+        prefix, full = self._decode_pending()
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             self.prefix_offset = self.read_offset
             self.read_offset = len(self.ids)

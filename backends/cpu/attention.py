@@ -1,10 +1,14 @@
 """CPU attention: plain torch over a [2, N, S, Hkv, D] per-layer cache.
 
-Decode rows (one query each) run together in one padded batched matmul; rows with several
-queries (prefill, chunked prefill) run one by one through SDPA.
+Decode rows (one query each) run together through SDPA, in groups of similar context length;
+rows with several queries (prefill, chunked prefill) run one by one through SDPA. What
+depends only on the batch (row groups, block ids, masks) is planned once per step and shared
+by every layer through AttentionMetadata.plan_cache.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,6 +17,28 @@ import torch.nn.functional as F
 from quire.backends.cpu.reference import attend
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.workspace import Workspace
+
+
+@dataclass(slots=True)
+class _DecodeGroup:
+    token_idx: torch.Tensor  # [R'] int64, the rows' query tokens
+    blocks: torch.Tensor  # [R', nb] int64
+    visible: torch.Tensor  # [R', nb * S] bool, keys each row may attend to
+
+
+@dataclass(slots=True)
+class _PrefillSeq:
+    start: int
+    end: int
+    seq_len: int
+    blocks: torch.Tensor  # [nb] int64
+    mask: torch.Tensor  # [Q, seq_len] bool, causal (and windowed)
+
+
+@dataclass(slots=True)
+class _Plan:
+    decode_groups: list[_DecodeGroup]
+    prefills: list[_PrefillSeq]
 
 
 class CpuAttention(AttentionImpl):
@@ -29,91 +55,103 @@ class CpuAttention(AttentionImpl):
 
     def forward(self, query: torch.Tensor, kv_cache: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
-        self.workspace = metadata.workspace or Workspace()
+        workspace = metadata.workspace or Workspace()
+        key = ("cpu", kv_cache.shape[2], self.sliding_window)
+        plan = metadata.plan_cache.get(key)
+        if plan is None:
+            plan = metadata.plan_cache[key] = _make_plan(metadata, kv_cache.shape[2],
+                                                         self.sliding_window)
         out = torch.empty_like(query)
-        qsl = metadata.query_start_loc_host
-        seq_lens = metadata.seq_lens_host
-        num_reqs = metadata.num_reqs
-        query_lens = qsl[1 : num_reqs + 1] - qsl[:num_reqs]
-        decode_rows = (query_lens == 1).nonzero()[0]
-        for group in _length_groups(decode_rows, seq_lens):
-            self._decode(query, kv_cache, metadata, group, out)
-        for i in (query_lens > 1).nonzero()[0].tolist():
-            start, end, seq_len = int(qsl[i]), int(qsl[i + 1]), int(seq_lens[i])
-            out[start:end] = self._prefill(query[start:end], kv_cache,
-                                           metadata.block_tables[i], seq_len)
+        for group in plan.decode_groups:
+            self._decode(query, kv_cache, group, workspace, out)
+        for seq in plan.prefills:
+            out[seq.start : seq.end] = self._prefill(query[seq.start : seq.end], kv_cache, seq,
+                                                     workspace)
         return out
 
-    def _gather(self, kv_cache: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _gather(self, kv_cache: torch.Tensor, blocks: torch.Tensor,
+                workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
         """blocks [..., nb] -> keys, values [..., nb * S, Hkv, D], copied into the workspace."""
         flat = blocks.reshape(-1)
         block_shape = tuple(kv_cache.shape[2:])
-        k = self.workspace.get("k", (flat.numel(), *block_shape), kv_cache.dtype)
-        v = self.workspace.get("v", (flat.numel(), *block_shape), kv_cache.dtype)
+        k = workspace.get("k", (flat.numel(), *block_shape), kv_cache.dtype)
+        v = workspace.get("v", (flat.numel(), *block_shape), kv_cache.dtype)
         torch.index_select(kv_cache[0], 0, flat, out=k)
         torch.index_select(kv_cache[1], 0, flat, out=v)
         shape = (*blocks.shape[:-1], -1, self.num_kv_heads, self.head_size)
         return k.view(shape), v.view(shape)
 
-    def _prefill(self, q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
-                 seq_len: int) -> torch.Tensor:
-        block_size = kv_cache.shape[2]
-        num_blocks = -(-seq_len // block_size)
-        k, v = self._gather(kv_cache, block_table[:num_blocks].long())
-        k, v = k[:seq_len], v[:seq_len]
-        num_q = q.shape[0]
+    def _prefill(self, q: torch.Tensor, kv_cache: torch.Tensor, seq: _PrefillSeq,
+                 workspace: Workspace) -> torch.Tensor:
+        k, v = self._gather(kv_cache, seq.blocks, workspace)
+        k, v = k[: seq.seq_len], v[: seq.seq_len]
         if self.soft_cap is not None:
-            return attend(q, k, v, seq_len - num_q, self.scale, self.sliding_window,
+            return attend(q, k, v, seq.seq_len - q.shape[0], self.scale, self.sliding_window,
                           self.soft_cap).to(q.dtype)
-        q_pos = torch.arange(seq_len - num_q, seq_len).unsqueeze(1)
-        k_pos = torch.arange(seq_len).unsqueeze(0)
-        mask = k_pos <= q_pos
-        if self.sliding_window is not None:
-            mask &= k_pos > q_pos - self.sliding_window
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
-            v.transpose(0, 1).unsqueeze(0), attn_mask=mask, scale=self.scale,
+            v.transpose(0, 1).unsqueeze(0), attn_mask=seq.mask, scale=self.scale,
             enable_gqa=self.num_heads != self.num_kv_heads,
         )  # [1, Hq, Q, D]
         return out[0].transpose(0, 1)
 
-    def _decode(self, query: torch.Tensor, kv_cache: torch.Tensor, md: AttentionMetadata,
-                rows, out: torch.Tensor) -> None:
-        block_size = kv_cache.shape[2]
-        rows_t = torch.from_numpy(rows)
-        seq_lens = torch.from_numpy(md.seq_lens_host[rows]).long()  # [R']
-        max_len = int(seq_lens.max())
-        num_blocks = -(-max_len // block_size)
-        blocks = md.block_tables[rows_t, :num_blocks].long()
-        k, v = self._gather(kv_cache, blocks)  # [R', L, Hkv, D]
-        token_idx = torch.from_numpy(md.query_start_loc_host[rows]).long()
-        q = query[token_idx]  # [R', Hq, D]
-        num_rows = len(rows)
-        k_pos = torch.arange(k.shape[1])
-        visible = k_pos.unsqueeze(0) < seq_lens.unsqueeze(1)  # [R', L]
-        if self.sliding_window is not None:
-            visible &= k_pos.unsqueeze(0) > (seq_lens - 1 - self.sliding_window).unsqueeze(1)
+    def _decode(self, query: torch.Tensor, kv_cache: torch.Tensor, group: _DecodeGroup,
+                workspace: Workspace, out: torch.Tensor) -> None:
+        k, v = self._gather(kv_cache, group.blocks, workspace)  # [R', L, Hkv, D]
+        q = query[group.token_idx]  # [R', Hq, D]
+        num_rows = q.shape[0]
+        visible = group.visible
         if self.soft_cap is None:
             if k.dtype != torch.float32:
                 # torch's CPU SDPA is several times slower on bf16/fp16 than on fp32 for
                 # one-query rows (measured: benchmarks/throughput.py); upcast via the workspace.
-                k = self.workspace.get("k32", tuple(k.shape), torch.float32).copy_(k)
-                v = self.workspace.get("v32", tuple(v.shape), torch.float32).copy_(v)
+                k = workspace.get("k32", tuple(k.shape), torch.float32).copy_(k)
+                v = workspace.get("v32", tuple(v.shape), torch.float32).copy_(v)
             res = F.scaled_dot_product_attention(
                 q.unsqueeze(2).to(k.dtype), k.transpose(1, 2), v.transpose(1, 2),
                 attn_mask=visible[:, None, None, :], scale=self.scale,
                 enable_gqa=self.num_heads != self.num_kv_heads,
             )  # [R', Hq, 1, D]
-            out[token_idx] = res.view(num_rows, self.num_heads, self.head_size).to(out.dtype)
+            out[group.token_idx] = res.view(num_rows, self.num_heads, self.head_size).to(out.dtype)
             return
-        group = self.num_heads // self.num_kv_heads
-        qg = q.view(num_rows, self.num_kv_heads, group, self.head_size)
+        group_size = self.num_heads // self.num_kv_heads
+        qg = q.view(num_rows, self.num_kv_heads, group_size, self.head_size)
         scores = torch.matmul(qg.float(), k.float().permute(0, 2, 3, 1)) * self.scale
         scores = self.soft_cap * torch.tanh(scores / self.soft_cap)
         scores.masked_fill_(~visible[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         res = torch.matmul(probs, v.float().transpose(1, 2))  # [R', Hkv, G, D]
-        out[token_idx] = res.reshape(num_rows, self.num_heads, self.head_size).to(out.dtype)
+        out[group.token_idx] = res.reshape(num_rows, self.num_heads,
+                                           self.head_size).to(out.dtype)
+
+
+def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | None) -> _Plan:
+    qsl, seq_lens, num_reqs = md.query_start_loc_host, md.seq_lens_host, md.num_reqs
+    query_lens = qsl[1 : num_reqs + 1] - qsl[:num_reqs]
+    groups = []
+    for rows in _length_groups((query_lens == 1).nonzero()[0], seq_lens):
+        lens = torch.from_numpy(seq_lens[rows]).long()  # [R']
+        num_blocks = -(-int(lens.max()) // block_size)
+        k_pos = torch.arange(num_blocks * block_size).unsqueeze(0)
+        visible = k_pos < lens.unsqueeze(1)
+        if sliding_window is not None:
+            visible &= k_pos > (lens - 1 - sliding_window).unsqueeze(1)
+        groups.append(_DecodeGroup(
+            token_idx=torch.from_numpy(qsl[rows]).long(),
+            blocks=md.block_tables[torch.from_numpy(rows), :num_blocks].long(),
+            visible=visible,
+        ))
+    prefills = []
+    for i in (query_lens > 1).nonzero()[0].tolist():
+        start, end, seq_len = int(qsl[i]), int(qsl[i + 1]), int(seq_lens[i])
+        q_pos = torch.arange(seq_len - (end - start), seq_len).unsqueeze(1)
+        k_pos = torch.arange(seq_len).unsqueeze(0)
+        mask = k_pos <= q_pos
+        if sliding_window is not None:
+            mask &= k_pos > q_pos - sliding_window
+        blocks = md.block_tables[i, : -(-seq_len // block_size)].long()
+        prefills.append(_PrefillSeq(start, end, seq_len, blocks, mask))
+    return _Plan(groups, prefills)
 
 
 def _length_groups(rows: np.ndarray, seq_lens: np.ndarray, max_groups: int = 8) -> list:

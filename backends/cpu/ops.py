@@ -16,11 +16,7 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
     """Shapes as quire.backends.cpu.reference.paged_attention."""
     impl = CpuAttention(query.shape[1], key_cache.shape[2], key_cache.shape[3], scale,
                         sliding_window, soft_cap)
-    md = AttentionMetadata(
-        slot_mapping=torch.zeros(0, dtype=torch.long), query_start_loc=query_start_loc,
-        seq_lens=seq_lens, block_tables=block_tables,
-        query_start_loc_host=query_start_loc.numpy(), seq_lens_host=seq_lens.numpy(),
-        num_reqs=len(seq_lens), max_query_len=0, max_seq_len=int(seq_lens.max()))
+    md = AttentionMetadata.from_canonical(query_start_loc, seq_lens, block_tables)
     return impl.forward(query, torch.stack([key_cache, value_cache]), md)
 
 

@@ -29,6 +29,23 @@ class AttentionMetadata:
     max_seq_len: int
     # Scratch buffers shared by all layers of a step (None: the impl allocates its own).
     workspace: Workspace | None = field(default=None)
+    # Per-step planning an implementation derives from the batch alone (row groups, masks),
+    # computed by the first layer and reused by the others.
+    plan_cache: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_canonical(cls, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                       block_tables: torch.Tensor) -> AttentionMetadata:
+        """Metadata for a canonical paged_attention call (no K/V write: empty slot_mapping).
+        query_start_loc [R+1], seq_lens [R], block_tables [R, B]: int32 CPU tensors."""
+        qsl, lens = query_start_loc.cpu().numpy(), seq_lens.cpu().numpy()
+        return cls(
+            slot_mapping=torch.zeros(0, dtype=torch.long, device=seq_lens.device),
+            query_start_loc=query_start_loc, seq_lens=seq_lens, block_tables=block_tables,
+            query_start_loc_host=qsl, seq_lens_host=lens, num_reqs=len(lens),
+            max_query_len=int((qsl[1:] - qsl[:-1]).max(initial=0)),
+            max_seq_len=int(lens.max(initial=0)),
+        )
 
 
 class AttentionImpl(ABC):

@@ -73,9 +73,14 @@ def test_paged_attention(ops, seq_lens, query_lens, hq, hkv, d, bs, window, soft
         pytest.skip(f"not implemented by this backend: {exc}")
     want = reference_attention(*case, scale=d**-0.5, sliding_window=window, soft_cap=soft_cap)
     tol = 2e-5 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(torch.as_tensor(np.asarray(got, dtype=np.float32))
-                               if not isinstance(got, torch.Tensor) else got.float(),
-                               want.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(_as_float_tensor(got), want.float(), atol=tol, rtol=tol)
+
+
+def _as_float_tensor(x) -> torch.Tensor:
+    """A backend's output (a torch tensor, or any array numpy can read) as fp32 torch."""
+    if isinstance(x, torch.Tensor):
+        return x.float().cpu()
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
 
 
 @pytest.mark.parametrize("hkv,d,bs", [(1, 64, 16), (4, 128, 32)])

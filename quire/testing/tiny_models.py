@@ -8,6 +8,7 @@ writes config.json + model.safetensors + a BPE tokenizer trained here with `toke
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 
@@ -129,7 +130,8 @@ def main() -> None:
     build_model(args.out_dir, args.arch, hidden_size=args.hidden_size,
                 num_layers=args.num_layers, num_heads=8, num_kv_heads=4,
                 intermediate_size=4 * args.hidden_size, dtype=args.dtype)
-    print(f"wrote a random {args.arch} model to {args.out_dir}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger(__name__).info("wrote a random %s model to %s", args.arch, args.out_dir)
 
 
 if __name__ == "__main__":

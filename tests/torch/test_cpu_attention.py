@@ -78,10 +78,7 @@ def test_cpu_impl_matches_reference(seq_lens, query_lens, hq, hkv, d, bs, window
     query, kc, vc, bt, qsl, sl = make_case(seq_lens, query_lens, hq, hkv, d, bs, dtype)
     impl = CpuAttention(hq, hkv, d, d**-0.5, window, soft_cap)
     kv_cache = torch.stack([kc, vc])
-    md = AttentionMetadata(
-        slot_mapping=torch.zeros(0, dtype=torch.long), query_start_loc=qsl, seq_lens=sl,
-        block_tables=bt, query_start_loc_host=qsl.numpy(), seq_lens_host=sl.numpy(),
-        num_reqs=len(seq_lens), max_query_len=max(query_lens), max_seq_len=max(seq_lens))
+    md = AttentionMetadata.from_canonical(qsl, sl, bt)
     got = impl.forward(query, kv_cache, md)
     ref = paged_attention(query, kc, vc, bt, qsl, sl, d**-0.5, window, soft_cap)
     tol = 1e-5 if dtype == torch.float32 else 2e-2

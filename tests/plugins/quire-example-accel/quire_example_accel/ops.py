@@ -19,11 +19,7 @@ def paged_attention(query, key_cache, value_cache, block_tables, query_start_loc
         raise NotImplementedError("the example backend has no logit soft-cap")
     num_kv_heads, head_size = key_cache.shape[2], key_cache.shape[3]
     impl = HeadMajorAttention(query.shape[1], num_kv_heads, head_size, scale, sliding_window)
-    md = AttentionMetadata(
-        slot_mapping=torch.zeros(0, dtype=torch.long), query_start_loc=query_start_loc,
-        seq_lens=seq_lens, block_tables=block_tables,
-        query_start_loc_host=query_start_loc.numpy(), seq_lens_host=seq_lens.numpy(),
-        num_reqs=len(seq_lens), max_query_len=0, max_seq_len=int(seq_lens.max()))
+    md = AttentionMetadata.from_canonical(query_start_loc, seq_lens, block_tables)
     return impl.forward(query, _to_native(key_cache, value_cache), md)
 
 
