@@ -12,7 +12,8 @@ _GiB = 1 << 30
 class EngineConfig:
     """Everything the engine needs to start.
 
-    model: path to a Hugging Face model folder (config.json + safetensors + tokenizer).
+    model: a Hugging Face model folder (config.json + safetensors + tokenizer) or a .gguf
+        file; None means the bundled demo model (quire.default_model).
     backend: backend name ("cpu", ...); None picks from QUIRE_BACKEND, else automatically.
     dtype: weight/activation dtype; "auto" takes the backend's default for the model.
     num_blocks: KV blocks to allocate (block 0 is the null block); None sizes the cache from

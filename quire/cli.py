@@ -14,7 +14,8 @@ _GiB = 1 << 30
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
-    g.add_argument("--model", help="Hugging Face model folder (config.json + safetensors)")
+    g.add_argument("--model", help="Hugging Face model folder (config.json + safetensors) or "
+                                   ".gguf file; default: the bundled SmolLM2-135M-Instruct")
     g.add_argument("--backend", default=None,
                    help="backend name (see `quire backends`); default: $QUIRE_BACKEND, else "
                         "the best available")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from quire.core.config import EngineConfig
 from quire.core.engine import LLMEngine
+from quire.default_model import resolve_model
 from quire.plugins.manager import QuirePlugins, load_plugins
 from quire.plugins.selection import load_factory, select_backend
 from quire.tokenizer import HFTokenizer
@@ -16,7 +18,8 @@ logger = logging.getLogger("quire")
 def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> LLMEngine:
     _ensure_logging()
     if not config.model:
-        raise ValueError("no model given: pass a Hugging Face model folder (model=PATH)")
+        config = dataclasses.replace(config, model=resolve_model(None))
+        logger.info("no model given: using the bundled demo model %s", config.model)
     plugins = plugins or load_plugins()
     status = select_backend(plugins, config.backend)
     executor_cls = load_factory(status)

