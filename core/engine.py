@@ -112,7 +112,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         prompt_text, prompt_ids = self._tokenize(prompt)
         arrival = time.monotonic() if arrival_time is None else arrival_time
-        error = self._check_fits(len(prompt_ids))
+        error = self.check_prompt_fits(len(prompt_ids))
         max_tokens = self.max_model_len - len(prompt_ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
@@ -310,7 +310,8 @@ class LLMEngine:
             raise ValueError("prompt is empty: give at least one token")
         return text, ids
 
-    def _check_fits(self, num_prompt_tokens: int) -> str | None:
+    def check_prompt_fits(self, num_prompt_tokens: int) -> str | None:
+        """Why a prompt of this length can never run here, or None when it can."""
         if num_prompt_tokens >= self.max_model_len:
             return (
                 f"prompt has {num_prompt_tokens} tokens but the model allows at most "

@@ -57,6 +57,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return run_generate(args, engine_config(args))
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from quire.server.serve import run_server
+
+    return run_server(args, engine_config(args))
+
+
 def _cmd_backends(args: argparse.Namespace) -> int:
     from quire.plugins.manager import load_plugins
     from quire.plugins.selection import describe, select_backend
@@ -93,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stream", action="store_true",
                      help="print text as it is generated (one prompt at a time)")
     gen.set_defaults(func=_cmd_generate)
+
+    srv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                         description="Serve MODEL (default: the bundled demo model) at "
+                                     "/v1/completions, /v1/chat/completions and friends.")
+    srv.add_argument("model_pos", nargs="?", metavar="MODEL", default=None,
+                     help="model folder or .gguf file (same as --model)")
+    add_engine_args(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    srv.add_argument("--served-model-name", default=None,
+                     help="the name clients pass as `model` (default: the model's file name)")
+    srv.add_argument("--max-waiting-requests", type=int, default=None,
+                     help="answer 503 when this many requests are already waiting "
+                          "(default: no limit)")
+    srv.set_defaults(func=_cmd_serve)
 
     be = sub.add_parser("backends", help="list registered backends and their availability")
     be.add_argument("--backend", default=None, help="check that this backend can be selected")

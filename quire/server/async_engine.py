@@ -1,0 +1,148 @@
+"""AsyncEngine: one thread steps the engine; asyncio handlers submit requests and await
+their outputs. Only the engine thread touches the LLMEngine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from quire.core.engine import LLMEngine
+from quire.core.outputs import RequestOutput
+from quire.core.sampling_params import SamplingParams
+from quire.server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class EngineOverloaded(Exception):
+    """More requests are waiting than the server accepts."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    last_time: float
+    num_tokens: int = 0
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, max_waiting_requests: int | None = None) -> None:
+        self.engine = engine
+        self.max_waiting_requests = max_waiting_requests
+        self.metrics = Metrics()
+        self._cv = threading.Condition()
+        self._adds: list[tuple[str, Sequence[int], SamplingParams]] = []
+        self._aborts: list[str] = []
+        self._streams: dict[str, _Stream] = {}
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="quire-engine", daemon=True)
+        self._thread.start()
+
+    # -- called from the event loop --------------------------------------------------------
+    def generate(self, request_id: str, prompt_ids: Sequence[int],
+                 params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Submit now (EngineOverloaded if too many wait) and return the request's
+        cumulative outputs until it finishes. Leaving the iteration early (a client
+        disconnect cancels the handler) aborts the request and frees its KV blocks.
+        Call from the event loop."""
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), time.monotonic())
+        with self._cv:
+            if (self.max_waiting_requests is not None
+                    and self.num_waiting() + len(self._adds) >= self.max_waiting_requests):
+                raise EngineOverloaded(
+                    f"server overloaded: {self.max_waiting_requests} requests are already "
+                    "waiting; retry later")
+            self._streams[request_id] = stream
+            self._adds.append((request_id, prompt_ids, params))
+            self._cv.notify()
+        return self._outputs(request_id, stream)
+
+    async def _outputs(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        with self._cv:
+            self._aborts.append(request_id)
+            self._cv.notify()
+
+    def num_waiting(self) -> int:
+        return self.engine.scheduler.num_waiting
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    # -- the engine thread -----------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stopped or self._adds or self._aborts
+                           or self.engine.has_unfinished_requests()):
+                    self._cv.wait()
+                if self._stopped:
+                    return
+                adds, self._adds = self._adds, []
+                aborts, self._aborts = self._aborts, []
+            for request_id, prompt_ids, params in adds:  # adds first: an abort may follow
+                self._add(request_id, prompt_ids, params)
+            for request_id in aborts:
+                self.engine.abort_request(request_id)
+                self._streams.pop(request_id, None)
+            try:
+                outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
+            except Exception as exc:  # the engine is broken: fail every open stream
+                logger.exception("engine step failed")
+                for rid in list(self._streams):
+                    self._send(rid, RuntimeError(f"engine failure: {exc}"))
+                continue
+            for out in outputs:
+                self._deliver(out)
+            self.metrics.observe_engine(self.engine.stats())
+
+    def _add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+        try:
+            self.engine.add_request(prompt_ids, params, request_id=request_id)
+        except (ValueError, TypeError) as exc:
+            self._send(request_id, exc)
+
+    def _deliver(self, out: RequestOutput) -> None:
+        stream = self._streams.get(out.request_id)
+        if stream is None:
+            return
+        now = time.monotonic()
+        num_tokens = sum(len(c.token_ids) for c in out.outputs)
+        if num_tokens > stream.num_tokens:
+            if stream.num_tokens:
+                gap = (now - stream.last_time) / (num_tokens - stream.num_tokens)
+                self.metrics.inter_token_latency.observe(gap)
+            stream.num_tokens, stream.last_time = num_tokens, now
+        if out.finished:
+            self.metrics.observe_finished(out, now)
+        self._send(out.request_id, out)
+
+    def _send(self, request_id: str, item: RequestOutput | Exception) -> None:
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return
+        if isinstance(item, Exception) or item.finished:
+            self._streams.pop(request_id, None)
+        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)

@@ -1,0 +1,277 @@
+"""/v1/completions and /v1/chat/completions: whole responses and SSE streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from fastapi.responses import StreamingResponse
+
+from quire.core.outputs import CompletionOutput, RequestOutput
+from quire.core.sampling_params import SamplingParams
+from quire.server.app import APIError, ServerState, error_body
+from quire.server.async_engine import EngineOverloaded
+from quire.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+
+
+@dataclass
+class _Sent:
+    """How much of one choice a stream has already sent."""
+
+    text: int = 0
+    tokens: int = 0
+    finished: bool = False
+
+
+def chat_prompt_ids(state: ServerState, messages: list[ChatMessage],
+                    add_generation_prompt: bool) -> list[int]:
+    conversation = [{"role": m.role, "content": m.text()} for m in messages]
+    return state.tokenizer.apply_chat_template(conversation, add_generation_prompt)
+
+
+async def completions(state: ServerState, req: CompletionRequest):
+    state.check_model(req.model)
+    if req.best_of is not None and req.best_of != req.n:
+        raise APIError(400, "best_of is only supported when it equals n", param="best_of")
+    if req.suffix:
+        raise APIError(400, "suffix is not supported", param="suffix")
+    if req.echo and req.logprobs is not None:
+        raise APIError(400, "echo with logprobs is not supported (no prompt logprobs)",
+                       param="echo")
+    params = req.sampling_params(req.max_tokens, req.logprobs)
+    prompts = [p if isinstance(p, list) else state.tokenizer.encode(p) for p in req.prompts()]
+    texts = [p if isinstance(p, str) else None for p in req.prompts()]
+    for ids in prompts:
+        state.check_prompt(ids, req.max_tokens)
+    rid = f"cmpl-{uuid.uuid4().hex}"
+    gens = [state.engine.generate(f"{rid}-{i}", ids, params) for i, ids in enumerate(prompts)]
+    created = int(time.time())
+    if req.stream:
+        return _sse(_completion_stream(state, req, rid, created, gens, prompts, texts, params))
+    finals = await _collect(gens)
+    choices = []
+    for i, out in enumerate(finals):
+        _raise_if_error(out)
+        echo = (texts[i] if texts[i] is not None else state.tokenizer.decode(prompts[i])) \
+            if req.echo else ""
+        for c in out.outputs:
+            choices.append({
+                "index": i * params.n + c.index, "text": echo + c.text,
+                "logprobs": _completion_logprobs(c, 0, 0) if req.logprobs
+                is not None else None,
+                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
+            })
+    return {"id": rid, "object": "text_completion", "created": created,
+            "model": state.model_name, "choices": choices, "usage": _usage(finals)}
+
+
+async def chat_completions(state: ServerState, req: ChatCompletionRequest):
+    state.check_model(req.model)
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    params = req.sampling_params(max_tokens, req.num_logprobs())
+    ids = chat_prompt_ids(state, req.messages, req.add_generation_prompt)
+    state.check_prompt(ids, max_tokens)
+    rid = f"chatcmpl-{uuid.uuid4().hex}"
+    gen = state.engine.generate(rid, ids, params)
+    created = int(time.time())
+    if req.stream:
+        return _sse(_chat_stream(state, req, rid, created, gen, params))
+    (final,) = await _collect([gen])
+    _raise_if_error(final)
+    choices = [{
+        "index": c.index, "message": {"role": "assistant", "content": c.text},
+        "logprobs": {"content": _chat_logprobs(c, 0)} if req.logprobs else None,
+        "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
+    } for c in final.outputs]
+    return {"id": rid, "object": "chat.completion", "created": created,
+            "model": state.model_name, "choices": choices, "usage": _usage([final])}
+
+
+# -- streams -------------------------------------------------------------------------------
+async def _completion_stream(state, req, rid, created, gens, prompts, texts,
+                             params: SamplingParams) -> AsyncIterator[str]:
+    sent: dict[int, _Sent] = {}
+    finals: dict[int, RequestOutput] = {}
+    head = {"id": rid, "object": "text_completion", "created": created,
+            "model": state.model_name}
+    if req.echo:
+        for i, ids in enumerate(prompts):
+            echo = texts[i] if texts[i] is not None else state.tokenizer.decode(ids)
+            for k in range(params.n):
+                yield _event({**head, "choices": [{"index": i * params.n + k, "text": echo,
+                                                   "logprobs": None, "finish_reason": None}]})
+    async for i, out in _merge(gens):
+        if out.error:
+            yield _event(error_body(400, out.error, "invalid_request_error"))
+            continue
+        for c in out.outputs:
+            index = i * params.n + c.index
+            s = sent.setdefault(index, _Sent())
+            if s.finished:
+                continue
+            delta = c.text[s.text:]
+            logprobs = _completion_logprobs(c, s.tokens, s.text) if req.logprobs \
+                is not None else None
+            if not delta and not c.finished and logprobs is None:
+                continue
+            s.text, s.tokens, s.finished = len(c.text), len(c.token_ids), c.finished
+            yield _event({**head, "choices": [{
+                "index": index, "text": delta, "logprobs": logprobs,
+                "finish_reason": c.finish_reason if c.finished else None,
+                "stop_reason": c.stop_reason if c.finished else None}]})
+        if out.finished:
+            finals[i] = out
+    if req.include_usage:
+        yield _event({**head, "choices": [], "usage": _usage(list(finals.values()))})
+    yield "data: [DONE]\n\n"
+
+
+async def _chat_stream(state, req, rid, created, gen, params) -> AsyncIterator[str]:
+    head = {"id": rid, "object": "chat.completion.chunk", "created": created,
+            "model": state.model_name}
+    for k in range(params.n):
+        yield _event({**head, "choices": [{"index": k, "delta": {"role": "assistant",
+                                                                 "content": ""},
+                                           "logprobs": None, "finish_reason": None}]})
+    sent: dict[int, _Sent] = {}
+    final = None
+    async for _, out in _merge([gen]):
+        if out.error:
+            yield _event(error_body(400, out.error, "invalid_request_error"))
+            continue
+        for c in out.outputs:
+            s = sent.setdefault(c.index, _Sent())
+            if s.finished:
+                continue
+            delta = c.text[s.text:]
+            logprobs = {"content": _chat_logprobs(c, s.tokens)} if req.logprobs else None
+            if delta or (logprobs and logprobs["content"]):
+                yield _event({**head, "choices": [{"index": c.index,
+                                                   "delta": {"content": delta},
+                                                   "logprobs": logprobs,
+                                                   "finish_reason": None}]})
+            s.text, s.tokens, s.finished = len(c.text), len(c.token_ids), c.finished
+            if c.finished:
+                yield _event({**head, "choices": [{"index": c.index, "delta": {},
+                                                   "logprobs": None,
+                                                   "finish_reason": c.finish_reason,
+                                                   "stop_reason": c.stop_reason}]})
+        final = out
+    if req.include_usage and final is not None:
+        yield _event({**head, "choices": [], "usage": _usage([final])})
+    yield "data: [DONE]\n\n"
+
+
+async def _merge(gens: Sequence[AsyncIterator[RequestOutput]]
+                 ) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several requests' outputs as they come. If the consumer stops (client
+    gone), the pumps are cancelled and each request is aborted by its generator."""
+    if len(gens) == 1:
+        async for out in gens[0]:
+            yield 0, out
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, gen: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for out in gen:
+                await queue.put((i, out))
+        except Exception as exc:
+            await queue.put((i, exc))
+        finally:
+            await queue.put((i, done))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _collect(gens: Sequence[AsyncIterator[RequestOutput]]) -> list[RequestOutput]:
+    finals: list[RequestOutput | None] = [None] * len(gens)
+    async for i, out in _merge(gens):
+        finals[i] = out
+    return finals  # type: ignore[return-value]
+
+
+def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(_first_error_as_json(events), media_type="text/event-stream")
+
+
+async def _first_error_as_json(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    try:
+        async for e in events:
+            yield e
+    except (ValueError, EngineOverloaded) as exc:
+        status = 503 if isinstance(exc, EngineOverloaded) else 400
+        yield _event(error_body(status, str(exc), "invalid_request_error"))
+        yield "data: [DONE]\n\n"
+
+
+# -- formatting ----------------------------------------------------------------------------
+def _event(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _raise_if_error(out: RequestOutput) -> None:
+    if out.error:
+        raise APIError(400, out.error)
+
+
+def _usage(finals: Sequence[RequestOutput]) -> dict:
+    prompt = sum(len(o.prompt_token_ids) for o in finals)
+    completion = sum(len(c.token_ids) for o in finals for c in o.outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def _completion_logprobs(c: CompletionOutput, start: int, text_offset: int) -> dict | None:
+    """OpenAI completions logprobs for tokens [start:], the first at text_offset."""
+    if c.logprobs is None:
+        return None
+    tokens, token_lps, tops, offsets = [], [], [], []
+    offset = text_offset
+    for tid, entry in zip(c.token_ids[start:], c.logprobs[start:]):
+        tok = entry[tid].decoded_token or ""
+        tokens.append(tok)
+        token_lps.append(entry[tid].logprob)
+        tops.append({lp.decoded_token or "": lp.logprob for t, lp in entry.items()
+                     if lp.rank is not None})
+        offsets.append(offset)
+        offset += len(tok)
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops,
+            "text_offset": offsets}
+
+
+def _chat_logprobs(c: CompletionOutput, start: int) -> list[dict]:
+    if c.logprobs is None:
+        return []
+    content = []
+    for tid, entry in zip(c.token_ids[start:], c.logprobs[start:]):
+        tok = entry[tid].decoded_token or ""
+        tops = sorted((lp for lp in entry.values() if lp.rank is not None),
+                      key=lambda lp: lp.rank)
+        content.append({
+            "token": tok, "logprob": entry[tid].logprob, "bytes": list(tok.encode()),
+            "top_logprobs": [{"token": lp.decoded_token or "", "logprob": lp.logprob,
+                              "bytes": list((lp.decoded_token or "").encode())}
+                             for lp in tops],
+        })
+    return content
+
