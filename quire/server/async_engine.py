@@ -106,7 +106,8 @@ class AsyncEngine:
                 self._add(request_id, prompt_ids, params)
             for request_id in aborts:
                 self.engine.abort_request(request_id)
-                self._streams.pop(request_id, None)
+                if self._streams.pop(request_id, None) is not None:
+                    self.metrics.observe_abort()
             try:
                 outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
             except Exception as exc:  # the engine is broken: fail every open stream

@@ -64,6 +64,9 @@ class Metrics:
             reason = c.finish_reason or "unknown"
             self.finished[reason] = self.finished.get(reason, 0) + 1
 
+    def observe_abort(self) -> None:
+        self.finished["abort"] = self.finished.get("abort", 0) + 1
+
     def render(self) -> str:
         s = self.stats
         lines: list[str] = []
