@@ -63,6 +63,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_server(args, engine_config(args))
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from quire.cli_chat import run_chat
+
+    return run_chat(args, engine_config(args))
+
+
 def _cmd_backends(args: argparse.Namespace) -> int:
     from quire.plugins.manager import load_plugins
     from quire.plugins.selection import describe, select_backend
@@ -114,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="answer 503 when this many requests are already waiting "
                           "(default: no limit)")
     srv.set_defaults(func=_cmd_serve)
+
+    chat = sub.add_parser("chat", help="chat with a model in the terminal",
+                          description="An interactive chat using the model's chat template. "
+                                      "/reset forgets the conversation, /exit quits.")
+    add_engine_args(chat)
+    chat.add_argument("--system", default=None, help="a system message")
+    chat.add_argument("--max-tokens", type=int, default=256, help="tokens per reply at most")
+    chat.add_argument("--temperature", type=float, default=0.7, help="0 is greedy")
+    chat.add_argument("--top-p", type=float, default=0.9, help="nucleus mass (1 = off)")
+    chat.set_defaults(func=_cmd_chat)
 
     be = sub.add_parser("backends", help="list registered backends and their availability")
     be.add_argument("--backend", default=None, help="check that this backend can be selected")
