@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float, default=0.9, help="nucleus mass (1 = off)")
     chat.set_defaults(func=_cmd_chat)
 
+    from quire.bench.commands import add_bench_parser
+
+    add_bench_parser(sub, add_engine_args)
+
     be = sub.add_parser("backends", help="list registered backends and their availability")
     be.add_argument("--backend", default=None, help="check that this backend can be selected")
     be.set_defaults(func=_cmd_backends)

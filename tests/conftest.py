@@ -44,3 +44,6 @@ def copy_model(tmp_path):
         return str(dst)
 
     return copy
+
+
+pytest_plugins = ["tests.server_fixtures"]

@@ -108,7 +108,8 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     async def models() -> dict:
         return {"object": "list", "data": [{
             "id": model_name, "object": "model", "created": 0, "owned_by": "quire",
-            "max_model_len": state.max_model_len}]}
+            "max_model_len": state.max_model_len,
+            "vocab_size": engine.engine.model_info.vocab_size}]}
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

