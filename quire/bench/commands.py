@@ -109,7 +109,7 @@ def _throughput(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
     dtype = llm.engine.model_info.dtype
-    run_quire(llm, fixed(4, llm.engine.model_info.vocab_size, 16, 4))  # warm up
+    run_quire(llm, sharegpt_like(16, llm.engine.model_info.vocab_size, 8, 64))  # warm up
     rows = []
     for _ in range(args.repeats):  # interleaved: quire, then each baseline, per round
         rows.append({**run_quire(llm, workload, f"quire ({llm.engine.backend_name})"),
