@@ -93,6 +93,9 @@ class LLMEngine:
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self.last_model_output: ModelOutput | None = None
+        # Seconds spent per phase of step(), summed over the engine's life (profiling).
+        self.step_times: dict[str, float] = dict.fromkeys(
+            ("schedule", "batch", "forward", "logits", "sample", "update", "output"), 0.0)
         self.backend_name = ""
 
     # -- requests --------------------------------------------------------------------------
@@ -178,14 +181,19 @@ class LLMEngine:
         self._errored.clear()
         if self.scheduler.has_unfinished_requests():
             self._run_once(touched)
+        t0 = time.perf_counter()
         outputs = [self._make_output(p) for p in touched.values()]
         for out in outputs:
             if out.finished:
                 self._forget(out.request_id)
+        self.step_times["output"] += time.perf_counter() - t0
         return outputs
 
     def _run_once(self, touched: dict[str, _Parent]) -> None:
+        times, t0 = self.step_times, time.perf_counter()
         sched_out = self.scheduler.schedule()
+        t1 = time.perf_counter()
+        times["schedule"] += t1 - t0
         if sched_out.is_empty:
             if self.scheduler.num_running == 0 and not sched_out.preempted_ids:
                 # Every admitted request fits alone (checked in add_request), so an idle
@@ -194,7 +202,15 @@ class LLMEngine:
                                    f"waiting={self.scheduler.num_waiting}")
             return
         batch = build_batch(sched_out, self.kv_cache, self._token_buckets, self._request_buckets)
+        t2 = time.perf_counter()
+        times["batch"] += t2 - t1
         model_out = self.executor.execute(batch)
+        t3 = time.perf_counter()
+        logits_time = model_out.timings.get("logits", 0.0)
+        sample_time = model_out.timings.get("sample", 0.0)
+        times["forward"] += t3 - t2 - logits_time - sample_time
+        times["logits"] += logits_time
+        times["sample"] += sample_time
         self.last_model_output = model_out
         self.num_prompt_tokens += sum(
             min(n, max(0, r.num_prompt_tokens - r.num_computed_tokens))
@@ -204,6 +220,8 @@ class LLMEngine:
             sched_out, model_out.sampled_token_ids.tolist()
         )
         self.num_generation_tokens += len(updated)
+        t4 = time.perf_counter()
+        times["update"] += t4 - t3
         stopped: list[str] = []
         for row, request in enumerate(updated):
             parent_id, index = self._child_to_parent[request.request_id]
@@ -223,6 +241,7 @@ class LLMEngine:
         for request in finished:
             parent_id, _ = self._child_to_parent[request.request_id]
             touched[parent_id] = self._parents[parent_id]
+        times["output"] += time.perf_counter() - t4
 
     def _append_logprobs(self, child: _Child, out: ModelOutput, row: int) -> None:
         assert out.sampled_logprobs is not None and child.logprobs is not None

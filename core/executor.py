@@ -46,6 +46,7 @@ class ModelOutput:
     sampled_logprobs: np.ndarray | None = None  # [S] float32
     top_token_ids: np.ndarray | None = None  # [S, k] int64
     top_logprobs: np.ndarray | None = None  # [S, k] float32
+    # Optional seconds per phase: "sample" and "logits" are split out of the step profile.
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -106,10 +106,11 @@ class TorchExecutor(Executor):
         if len(batch.logits_indices) == 0:
             return ModelOutput(np.zeros(0, dtype=np.int64), timings={"forward": t1 - t0})
         logits = self.model.compute_logits(hidden[torch.from_numpy(batch.logits_indices).long()])
-        sampled = self.sampler(logits.cpu(), batch.sampling)
         t2 = time.perf_counter()
+        sampled = self.sampler(logits.cpu(), batch.sampling)
+        t3 = time.perf_counter()
         out = ModelOutput(sampled.token_ids.numpy().astype(np.int64),
-                          timings={"forward": t1 - t0, "sample": t2 - t1})
+                          timings={"forward": t1 - t0, "logits": t2 - t1, "sample": t3 - t2})
         if sampled.sampled_logprobs is not None:
             out.sampled_logprobs = sampled.sampled_logprobs.numpy()
             out.top_token_ids = sampled.top_token_ids.numpy()

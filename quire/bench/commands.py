@@ -93,6 +93,9 @@ def _llm(args: argparse.Namespace, model: str, **overrides: Any):
 
 def _finish(kind: str, rows: list[dict], settings: dict, output_dir: str) -> int:
     print(report.table(rows))
+    breakdown = report.time_breakdown(rows)
+    if breakdown:
+        print("\nstep time by phase:\n" + breakdown)
     print(f"\nwritten: {report.write(kind, rows, settings, output_dir)}")
     return 0
 

@@ -15,6 +15,17 @@ _COLUMNS = [("system", "{}"), ("requests_per_s", "{:.2f}"), ("output_tok_per_s",
             ("total_tok_per_s", "{:.1f}"), ("ttft_s_p50", "{:.3f}"), ("ttft_s_p99", "{:.3f}"),
             ("itl_s_p50", "{:.4f}"), ("itl_s_p99", "{:.4f}"), ("kv_peak_blocks", "{}"),
             ("kv_waste_pct", "{:.2f}"), ("prefix_hit_rate", "{:.3f}"), ("preemptions", "{}")]
+_TIME_KEYS = ("schedule", "batch", "forward", "logits", "sample", "update", "output")
+
+
+def time_breakdown(rows: list[dict[str, Any]]) -> str:
+    """One line per quire row: % of step time per phase."""
+    lines = []
+    for r in rows:
+        if f"time_{_TIME_KEYS[0]}_pct" in r:
+            parts = ", ".join(f"{k} {r[f'time_{k}_pct']:.1f}%" for k in _TIME_KEYS)
+            lines.append(f"{r['system']}: {parts}")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
