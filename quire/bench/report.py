@@ -58,7 +58,7 @@ def _plot(rows: list[dict[str, Any]], path: str, kind: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.info("matplotlib not installed: no plot (pip install matplotlib)")
+        logger.info("matplotlib not installed: no plot (pip install 'quire[bench]')")
         return
     metrics = [m for m in ("output_tok_per_s", "ttft_s_p50", "itl_s_p50")
                if any(m in r for r in rows)]
