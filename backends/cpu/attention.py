@@ -1,6 +1,7 @@
 """CPU attention: plain torch over a [2, N, S, Hkv, D] per-layer cache.
 
-Decode rows (one query each) run together through SDPA, in groups of similar context length;
+Decode rows (one query each) run in the native C++ kernel (backends/cpu/native.py), which
+reads pages in place; where it can't be built, through SDPA in groups of similar length;
 rows with several queries (prefill, chunked prefill) run one by one through SDPA. What
 depends only on the batch (row groups, block ids, masks) is planned once per step and shared
 by every layer through AttentionMetadata.plan_cache.
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from quire.backends.cpu import native
 from quire.backends.cpu.reference import attend
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.workspace import Workspace
@@ -36,7 +38,17 @@ class _PrefillSeq:
 
 
 @dataclass(slots=True)
+class _DecodeRows:
+    """Every decode row at once, for the native kernel (which needs no padding)."""
+
+    token_idx: torch.Tensor  # [R'] int64
+    block_tables: torch.Tensor  # [R', B] int32, contiguous
+    seq_lens: torch.Tensor  # [R'] int32
+
+
+@dataclass(slots=True)
 class _Plan:
+    decode_rows: _DecodeRows | None
     decode_groups: list[_DecodeGroup]
     prefills: list[_PrefillSeq]
 
@@ -62,8 +74,14 @@ class CpuAttention(AttentionImpl):
             plan = metadata.plan_cache[key] = _make_plan(metadata, kv_cache.shape[2],
                                                          self.sliding_window)
         out = torch.empty_like(query)
-        for group in plan.decode_groups:
-            self._decode(query, kv_cache, group, workspace, out)
+        rows = plan.decode_rows
+        if rows is not None and native.available():
+            out[rows.token_idx] = native.paged_decode(
+                query[rows.token_idx], kv_cache[0], kv_cache[1], rows.block_tables,
+                rows.seq_lens, self.scale, self.sliding_window, self.soft_cap)
+        else:
+            for group in plan.decode_groups:
+                self._decode(query, kv_cache, group, workspace, out)
         for seq in plan.prefills:
             out[seq.start : seq.end] = self._prefill(query[seq.start : seq.end], kv_cache, seq,
                                                      workspace)
@@ -128,8 +146,16 @@ class CpuAttention(AttentionImpl):
 def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | None) -> _Plan:
     qsl, seq_lens, num_reqs = md.query_start_loc_host, md.seq_lens_host, md.num_reqs
     query_lens = qsl[1 : num_reqs + 1] - qsl[:num_reqs]
+    decode = (query_lens == 1).nonzero()[0]
+    decode_rows = None
+    if len(decode):
+        decode_rows = _DecodeRows(
+            token_idx=torch.from_numpy(qsl[decode]).long(),
+            block_tables=md.block_tables[torch.from_numpy(decode)].contiguous(),
+            seq_lens=torch.from_numpy(seq_lens[decode].astype(np.int32)),
+        )
     groups = []
-    for rows in _length_groups((query_lens == 1).nonzero()[0], seq_lens):
+    for rows in _length_groups(decode, seq_lens):
         lens = torch.from_numpy(seq_lens[rows]).long()  # [R']
         num_blocks = -(-int(lens.max()) // block_size)
         k_pos = torch.arange(num_blocks * block_size).unsqueeze(0)
@@ -151,7 +177,7 @@ def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | Non
             mask &= k_pos > q_pos - sliding_window
         blocks = md.block_tables[i, : -(-seq_len // block_size)].long()
         prefills.append(_PrefillSeq(start, end, seq_len, blocks, mask))
-    return _Plan(groups, prefills)
+    return _Plan(decode_rows, groups, prefills)
 
 
 def _length_groups(rows: np.ndarray, seq_lens: np.ndarray, max_groups: int = 8) -> list:
