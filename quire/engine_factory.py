@@ -40,12 +40,19 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
                 gib, max_model_len)
     tokenizer = HFTokenizer.from_pretrained(config.tokenizer or config.model)
     max_seqs = min(config.max_num_seqs, caps.max_num_seqs or config.max_num_seqs)
+    max_tokens = config.resolved_max_num_batched_tokens
+    if caps.token_buckets and max_tokens > max(caps.token_buckets):
+        logger.warning("max_num_batched_tokens lowered from %d to %d, backend %s's largest "
+                       "token bucket", max_tokens, max(caps.token_buckets), status.spec.name)
+        max_tokens = max(caps.token_buckets)
+    if caps.request_buckets:
+        max_seqs = min(max_seqs, max(caps.request_buckets))
     engine = LLMEngine(
         executor, tokenizer, info,
         num_blocks=num_blocks,
         block_size=config.block_size,
         max_num_seqs=max_seqs,
-        max_num_batched_tokens=config.resolved_max_num_batched_tokens,
+        max_num_batched_tokens=max_tokens,
         max_model_len=max_model_len,
         enable_prefix_caching=config.enable_prefix_caching,
         enable_chunked_prefill=config.enable_chunked_prefill,

@@ -2,7 +2,8 @@
 
 A .gguf file carries the config as key/value metadata, the tokenizer (read by transformers
 elsewhere) and tensors, often quantized (Q4_1, Q8_0, ...): they are dequantized here with the
-`gguf` package and cast to the engine dtype by the loader.
+`gguf` package and cast to the engine dtype by the loader. numpy only (no torch): the tpu
+backend reads GGUF files through it too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "qwen3": "Qwen3ForCausalLM"}
@@ -79,7 +79,7 @@ def _unpermute_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def gguf_weights(reader, config: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
+def gguf_weights(reader, config: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
     from gguf.quants import dequantize
 
     permute = config["model_type"] == "llama"
@@ -90,17 +90,17 @@ def gguf_weights(reader, config: dict[str, Any]) -> Iterator[tuple[str, torch.Te
         if m is None:
             if t.name not in _GLOBAL_NAMES:
                 raise ValueError(f"unexpected GGUF tensor {t.name!r}")
-            yield _GLOBAL_NAMES[t.name], torch.from_numpy(w)
+            yield _GLOBAL_NAMES[t.name], w
             continue
         layer, part, kind = m.groups()
         if part not in _LAYER_NAMES:
             raise ValueError(f"unexpected GGUF tensor {t.name!r}")
         if permute and part in heads:
             w = _unpermute_rope(w, heads[part])
-        yield f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}", torch.from_numpy(w)
+        yield f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}", w
 
 
-def open_gguf(path: str) -> tuple[dict[str, Any], Iterator[tuple[str, torch.Tensor]]]:
+def open_gguf(path: str) -> tuple[dict[str, Any], Iterator[tuple[str, np.ndarray]]]:
     reader = _reader(path)
     config = gguf_config(reader)
     return config, gguf_weights(reader, config)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -11,26 +9,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from quire.backends.torch.model_config import read_config_json
-
-
-def safetensors_files(model_path: str) -> list[str]:
-    index = os.path.join(model_path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        files = [os.path.join(model_path, name) for name in sorted(set(weight_map.values()))]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"shards named in {index} are missing: {missing}")
-        return files
-    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(
-            f"no *.safetensors weights in {model_path!r}; quire reads safetensors "
-            "(convert .bin checkpoints with transformers' save_pretrained)"
-        )
-    return files
+from quire.backends.torch.model_config import read_config_json, safetensors_files
 
 
 def open_checkpoint(model_path: str) -> tuple[dict[str, Any], Iterator[tuple[str, torch.Tensor]]]:
@@ -40,7 +19,8 @@ def open_checkpoint(model_path: str) -> tuple[dict[str, Any], Iterator[tuple[str
 
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"no such GGUF file: {model_path!r}")
-        return open_gguf(model_path)
+        config, arrays = open_gguf(model_path)
+        return config, ((name, torch.from_numpy(w)) for name, w in arrays)
     return read_config_json(model_path), iter_weights(model_path)
 
 

@@ -1,7 +1,9 @@
-"""An HF config.json, read into the few numbers a Llama-family model needs."""
+"""An HF folder's config.json, read into the few numbers a Llama-family model needs, and
+its weight files. No torch here: the tpu backend reads the same folders."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -74,3 +76,22 @@ def parse_arch_config(raw: dict[str, Any], architecture: str) -> ModelArchConfig
         bos_token_id=raw.get("bos_token_id"),
         eos_token_id=raw.get("eos_token_id"),
     )
+
+
+def safetensors_files(model_path: str) -> list[str]:
+    index = os.path.join(model_path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        files = [os.path.join(model_path, name) for name in sorted(set(weight_map.values()))]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f"shards named in {index} are missing: {missing}")
+        return files
+    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(
+            f"no *.safetensors weights in {model_path!r}; quire reads safetensors "
+            "(convert .bin checkpoints with transformers' save_pretrained)"
+        )
+    return files

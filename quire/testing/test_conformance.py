@@ -80,7 +80,7 @@ def _as_float_tensor(x) -> torch.Tensor:
     """A backend's output (a torch tensor, or any array numpy can read) as fp32 torch."""
     if isinstance(x, torch.Tensor):
         return x.float().cpu()
-    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+    return torch.from_numpy(np.array(x, dtype=np.float32))
 
 
 @pytest.mark.parametrize("hkv,d,bs", [(1, 64, 16), (4, 128, 32)])

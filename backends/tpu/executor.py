@@ -1,0 +1,157 @@
+"""TpuExecutor: the Executor contract in JAX. One jitted step per (token bucket, request
+bucket): the model forward with the KV write (caches donated), then the logits of the
+sampled rows; sampling is a second jitted call. Runs on a TPU, or on JAX's CPU device when
+asked for by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quire.backends.torch.model_config import parse_arch_config
+from quire.backends.torch.models.registry import resolve_architecture
+from quire.backends.tpu import model as llama
+from quire.backends.tpu import reference
+from quire.backends.tpu.attention import default_attention, make_attention
+from quire.backends.tpu.kernel import KernelParams
+from quire.backends.tpu.metadata import build_metadata
+from quire.backends.tpu.sampler import host_rows, sample
+from quire.core.batch import Batch
+from quire.core.config import EngineConfig
+from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
+
+logger = logging.getLogger(__name__)
+
+JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+REQUEST_BUCKETS = (8, 16, 32, 64, 128, 256)
+_LOGPROB_BUCKETS = (1, 5, 20)
+
+
+class TpuExecutor(Executor):
+    def __init__(self, config: EngineConfig, extra_models: dict | None = None) -> None:
+        super().__init__(config, extra_models)
+        self.attention_choice = default_attention()
+        self.kernel_params = KernelParams()
+        self.params: llama.Params | None = None
+        self.kv_caches: list[llama.KVCache] = []
+        self.info: ModelInfo | None = None
+        self.max_pages = 0
+        self._step = None
+        self._key = jax.random.key(config.seed)
+        if jax.default_backend() != "tpu":
+            logger.warning("no TPU here: the tpu backend runs on JAX's %s device with %s "
+                           "attention (for testing; slow)", jax.default_backend(),
+                           self.attention_choice)
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        return Capabilities(
+            dtypes=("float32", "bfloat16"),
+            default_dtype="bfloat16",
+            block_sizes=(16, 32, 64, 128),
+            token_buckets=TOKEN_BUCKETS,
+            request_buckets=REQUEST_BUCKETS,
+            max_num_seqs=REQUEST_BUCKETS[-1],
+        )
+
+    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
+        from quire.backends.tpu.weights import open_checkpoint
+
+        start = time.perf_counter()
+        raw, weights = open_checkpoint(model_path)
+        arch, _ = resolve_architecture(raw, self.extra_models)
+        cfg = parse_arch_config(raw, arch)
+        if dtype == "auto":
+            dtype = cfg.torch_dtype if cfg.torch_dtype in JAX_DTYPES else "bfloat16"
+        if dtype not in JAX_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported by the tpu backend; "
+                             f"supported: {tuple(JAX_DTYPES)}")
+        self.params = llama.load_params(cfg, weights, JAX_DTYPES[dtype])
+        self.cfg = cfg
+        self.info = ModelInfo(
+            vocab_size=cfg.vocab_size, max_model_len=cfg.max_position_embeddings,
+            num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
+            head_size=cfg.head_size, dtype=dtype, architecture=arch,
+        )
+        logger.info("loaded %s (%s) from %s in %.1fs on %s", arch, dtype, model_path,
+                    time.perf_counter() - start, jax.devices()[0].platform)
+        return self.info
+
+    def kv_cache_bytes_per_block(self, block_size: int) -> int:
+        assert self.info is not None, "load_model first"
+        elem = jnp.dtype(JAX_DTYPES[self.info.dtype]).itemsize
+        return 2 * self.info.num_layers * block_size * self.info.num_kv_heads * \
+            self.info.head_size * elem
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        assert self.info is not None, "load_model first"
+        shape = (self.info.num_kv_heads, num_blocks, block_size, self.info.head_size)
+        dtype = JAX_DTYPES[self.info.dtype]
+        self.kv_caches = [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                          for _ in range(self.info.num_layers)]
+        # Block tables always have this width, so it never adds a compilation.
+        max_len = self.config.max_model_len or self.info.max_model_len
+        self.max_pages = min(-(-max_len // block_size), num_blocks - 1)
+        attention = make_attention(self.attention_choice, self.cfg.head_size**-0.5,
+                                   self.cfg.sliding_window, None, self.kernel_params)
+        forward = functools.partial(llama.forward, cfg=self.cfg, attention=attention,
+                                    write_kv=reference.write_kv)
+        self._step = jax.jit(functools.partial(_step, forward), donate_argnums=(1,))
+
+    def execute(self, batch: Batch) -> ModelOutput:
+        assert self.params is not None and self._step is not None, \
+            "load_model and allocate_kv_cache first"
+        t0 = time.perf_counter()
+        num_rows = len(batch.query_start_loc) - 1
+        tables = np.zeros((num_rows, self.max_pages), np.int32)
+        width = min(batch.block_tables.shape[1], self.max_pages)
+        tables[:, :width] = batch.block_tables[:, :width]
+        md = build_metadata(batch.query_start_loc, batch.seq_lens, tables, batch.slot_mapping,
+                            self.kernel_params.query_block)
+        num_sampled = len(batch.logits_indices)
+        logits_indices = np.zeros(num_rows, np.int32)
+        logits_indices[:num_sampled] = batch.logits_indices
+        logits, self.kv_caches = self._step(self.params, self.kv_caches, batch.input_ids,
+                                            batch.positions, md, logits_indices)
+        t1 = time.perf_counter()
+        if num_sampled == 0:
+            return ModelOutput(np.zeros(0, dtype=np.int64), timings={"forward": t1 - t0})
+        sb = batch.sampling
+        k = max(sb.max_num_logprobs, 0)
+        num_logprobs = 0 if sb.max_num_logprobs < 0 else \
+            next((b for b in _LOGPROB_BUCKETS if b >= max(k, 1)), k)
+        self._key, key = jax.random.split(self._key)
+        token_ids, sampled_lp, top_ids, top_lp = sample(
+            logits, host_rows(sb, num_rows), key, all_greedy=sb.all_greedy,
+            filter_top=bool((sb.top_k > 0).any() or (sb.top_p < 1.0).any()),
+            num_logprobs=num_logprobs)
+        out = ModelOutput(np.asarray(token_ids)[:num_sampled].astype(np.int64))
+        t2 = time.perf_counter()
+        out.timings = {"forward": t1 - t0, "sample": t2 - t1}
+        if num_logprobs:
+            width = max(k, 1)
+            out.sampled_logprobs = np.asarray(sampled_lp)[:num_sampled]
+            out.top_token_ids = np.asarray(top_ids)[:num_sampled, :width].astype(np.int64)
+            out.top_logprobs = np.asarray(top_lp)[:num_sampled, :width]
+        return out
+
+    def num_compilations(self) -> int:
+        """Distinct compiled step programs so far (bounded by the shape buckets)."""
+        return self._step._cache_size() if self._step is not None else 0
+
+    def shutdown(self) -> None:
+        self.params = None
+        self.kv_caches = []
+        self._step = None
+
+
+def _step(forward, params, kv_caches, input_ids, positions, md, logits_indices):
+    hidden, kv_caches = forward(params, kv_caches, input_ids, positions, md)
+    return llama.compute_logits(params, hidden[logits_indices]), kv_caches
