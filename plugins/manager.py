@@ -17,7 +17,13 @@ from quire.plugins.spec import PLUGIN_API_VERSION, PROJECT_NAME, Availability, B
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "quire"
-BUILTIN_PLUGINS = ("quire.backends.cpu.plugin", "quire.backends.tpu.plugin")
+BUILTIN_PLUGINS = (
+    "quire.backends.cpu.plugin",
+    "quire.backends.cuda.plugin",
+    "quire.backends.rocm.plugin",
+    "quire.backends.triton.plugin",
+    "quire.backends.tpu.plugin",
+)
 
 
 @dataclass(slots=True)

@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-for backend in cpu example cuda rocm tpu; do
+# triton-interpret: the cuda/rocm Triton kernels in Triton's CPU interpreter.
+for backend in cpu example triton-interpret cuda rocm tpu; do
     echo "== conformance kit: backend $backend"
-    .venv/bin/python -m pytest -q -rs -p no:cacheprovider --pyargs quire.testing \
-        --quire-backend "$backend"
+    TRITON_INTERPRET=1 .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
+        --pyargs quire.testing --quire-backend "$backend"
 done
 echo "== test suite"
 .venv/bin/python -m pytest -q "$@"

@@ -86,6 +86,16 @@ class TorchExecutor(Executor):
     def execute(self, batch: Batch) -> ModelOutput:
         assert self.model is not None and self.kv_caches, "load_model and allocate_kv_cache first"
         t0 = time.perf_counter()
+        hidden = self.model(*self.model_inputs(batch))
+        t1 = time.perf_counter()
+        if len(batch.logits_indices) == 0:
+            return ModelOutput(np.zeros(0, dtype=np.int64), timings={"forward": t1 - t0})
+        logits = self.model.compute_logits(hidden[torch.from_numpy(batch.logits_indices).long()])
+        t2 = time.perf_counter()
+        return self.sample(logits, batch, {"forward": t1 - t0, "logits": t2 - t1})
+
+    def model_inputs(self, batch: Batch) -> tuple:
+        """(input_ids, positions, kv_caches, metadata) for the model, on this device."""
         dev = self.device
         md = AttentionMetadata(
             slot_mapping=torch.from_numpy(batch.slot_mapping).to(dev),
@@ -101,16 +111,15 @@ class TorchExecutor(Executor):
         )
         input_ids = torch.from_numpy(batch.input_ids).to(dev).long()
         positions = torch.from_numpy(batch.positions).to(dev).long()
-        hidden = self.model(input_ids, positions, self.kv_caches, md)
-        t1 = time.perf_counter()
-        if len(batch.logits_indices) == 0:
-            return ModelOutput(np.zeros(0, dtype=np.int64), timings={"forward": t1 - t0})
-        logits = self.model.compute_logits(hidden[torch.from_numpy(batch.logits_indices).long()])
-        t2 = time.perf_counter()
+        return input_ids, positions, self.kv_caches, md
+
+    def sample(self, logits: torch.Tensor, batch: Batch, timings: dict[str, float]
+               ) -> ModelOutput:
+        """logits [S, V] fp32 of the sampled rows -> the step's ModelOutput."""
+        t0 = time.perf_counter()
         sampled = self.sampler(logits.cpu(), batch.sampling)
-        t3 = time.perf_counter()
-        out = ModelOutput(sampled.token_ids.numpy().astype(np.int64),
-                          timings={"forward": t1 - t0, "logits": t2 - t1, "sample": t3 - t2})
+        timings["sample"] = time.perf_counter() - t0
+        out = ModelOutput(sampled.token_ids.numpy().astype(np.int64), timings=timings)
         if sampled.sampled_logprobs is not None:
             out.sampled_logprobs = sampled.sampled_logprobs.numpy()
             out.top_token_ids = sampled.top_token_ids.numpy()

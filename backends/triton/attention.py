@@ -7,16 +7,22 @@ decode step launched with fixed metadata can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
-from quire.backends.triton.config import KernelConfig, block_q_for, next_pow2, num_kv_splits
+from quire.backends.triton.config import (
+    KernelConfig,
+    block_q_for,
+    interpreting,
+    next_pow2,
+    num_kv_splits,
+)
+
+DEFAULT_CONFIG = KernelConfig()
 
 
 class TritonAttention(AttentionImpl):
-    kernel_config = KernelConfig()
+    kernel_config = DEFAULT_CONFIG
 
     @staticmethod
     def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
@@ -38,7 +44,7 @@ class TritonAttention(AttentionImpl):
 
 def write_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
              value_cache: torch.Tensor, slot_mapping: torch.Tensor,
-             cfg: KernelConfig = KernelConfig()) -> None:
+             cfg: KernelConfig = DEFAULT_CONFIG) -> None:
     """key/value [T, Hkv, D] into key/value_cache [N, S, Hkv, D] at slot_mapping [T]."""
     from quire.backends.triton import kernels
 
@@ -61,7 +67,7 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
                     seq_lens: torch.Tensor, scale: float, sliding_window: int | None = None,
                     soft_cap: float | None = None, *, max_query_len: int | None = None,
                     max_seq_len: int | None = None, num_splits: int | None = None,
-                    cfg: KernelConfig = KernelConfig()) -> torch.Tensor:
+                    cfg: KernelConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """Shapes as quire.backends.cpu.reference.paged_attention: query [T, Hq, D]; caches
     [N, S, Hkv, D]; block_tables [R, B]; query_start_loc [R+1]; seq_lens [R] (int32, on
     the query's device). max_query_len / max_seq_len: host-known maxima (computed here
@@ -133,8 +139,3 @@ def _split_kv(out, query, key_cache, value_cache, block_tables, query_start_loc,
     kernels._reduce_splits_kernel[(num_reqs, num_heads)](
         out, part_out, part_lse, query_start_loc, out.stride(0), out.stride(1),
         NUM_HEADS=num_heads, NUM_SPLITS=num_splits, HEAD=common["HEAD"], HEAD_PAD=head_pad)
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -3,7 +3,8 @@ KernelConfig from their tuning tables (cuda: by compute capability; rocm: by gfx
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,6 @@ class KernelConfig:
     split_min_tokens: int = 512
     split_max: int = 16
     fp8_dtype: str = "float8_e4m3fn"
-    extra: dict = field(default_factory=dict)
 
     def launch_options(self) -> dict[str, int]:
         options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
@@ -64,3 +64,8 @@ def num_kv_splits(num_reqs: int, num_kv_heads: int, max_seq_len: int, max_query_
     if splits < 2:
         return 1
     return 1 << (splits.bit_length() - 1)  # round down to a power of two
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
