@@ -7,7 +7,9 @@ bash scripts/setup.sh
 # triton-interpret: the cuda/rocm Triton kernels in Triton's CPU interpreter.
 for backend in cpu example triton-interpret cuda rocm tpu; do
     echo "== conformance kit: backend $backend"
-    TRITON_INTERPRET=1 .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
+    interpret=0
+    [ "$backend" = triton-interpret ] && interpret=1
+    TRITON_INTERPRET=$interpret .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
         --pyargs quire.testing --quire-backend "$backend"
 done
 echo "== test suite"
