@@ -8,7 +8,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from quire.plugins.manager import load_plugins
+from quire.plugins.manager import BUILTIN_PLUGINS, load_plugins
 from quire.plugins.selection import describe, select_backend
 
 
@@ -16,10 +16,13 @@ def eps(*names: str) -> list[EntryPoint]:
     return [EntryPoint(n, f"tests.plugins.fake_plugins:{n}", "quire") for n in names]
 
 
-def test_builtin_cpu_registers_through_the_hook():
+def test_builtin_backends_register_through_the_hook():
     plugins = load_plugins(env={}, entry_points=[])
-    (cpu,) = plugins.backends()
-    assert cpu.spec.name == "cpu" and cpu.availability and cpu.package == "quire"
+    table = {s.spec.name: s for s in plugins.backends()}
+    assert sorted(table) == ["cpu", "cuda", "rocm", "tpu", "triton-interpret"]
+    assert all(s.package == "quire" for s in table.values())
+    cpu = table["cpu"]
+    assert cpu.availability
     assert select_backend(plugins, None, env={}).spec.name == "cpu"
 
 
@@ -45,7 +48,7 @@ def test_unknown_and_unavailable_names_explain():
 def test_broken_plugin_reported_and_skipped():
     plugins = load_plugins(env={}, entry_points=eps("broken", "good") + [
         EntryPoint("missing", "no_such_module_xyz", "quire")])
-    names = [s.spec.name for s in plugins.backends()]
+    names = [s.spec.name for s in plugins.backends() if s.plugin not in BUILTIN_PLUGINS[1:]]
     assert names == ["tpu_cpu", "gpu_only", "fast", "cpu"]
     errors = {e.plugin: e.error for e in plugins.errors}
     assert "driver exploded" in errors["broken"]
@@ -68,7 +71,8 @@ def test_other_major_api_version_refused():
 
 def test_quire_plugins_env_limits_loading():
     plugins = load_plugins(env={"QUIRE_PLUGINS": "chooser"}, entry_points=eps("good", "chooser"))
-    assert [s.spec.name for s in plugins.backends()] == ["cpu"]
+    names = [s.spec.name for s in plugins.backends()]  # built-ins only: "good" not loaded
+    assert sorted(names) == ["cpu", "cuda", "rocm", "tpu", "triton-interpret"]
 
 
 def test_select_hook_overrides():
