@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from quire.backends.cpu.attention import CpuAttention
+from quire.backends.cpu.linear import pack_linears
 from quire.backends.torch.executor import TorchExecutor
-from quire.core.executor import Capabilities
+from quire.core.executor import Capabilities, ModelInfo
 
 
 class CpuExecutor(TorchExecutor):
@@ -17,3 +18,9 @@ class CpuExecutor(TorchExecutor):
             default_dtype="bfloat16",
             block_sizes=(1, 2, 4, 8, 16, 32, 64, 128),
         )
+
+    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
+        info = super().load_model(model_path, dtype)
+        assert self.model is not None
+        pack_linears(self.model)  # oneDNN-packed weights: see backends/cpu/linear.py
+        return info
