@@ -13,6 +13,9 @@ class HFTokenizer:
         self.hf = tokenizer
         self.eos_token_id: int | None = tokenizer.eos_token_id
         self.vocab_size = len(tokenizer)
+        # A fast tokenizer's Rust object decodes without transformers' per-call Python
+        # (type checks over every id), which the detokenizer pays twice per token.
+        self._rust = getattr(tokenizer, "backend_tokenizer", None)
 
     @classmethod
     def from_pretrained(cls, path: str) -> HFTokenizer:
@@ -32,6 +35,8 @@ class HFTokenizer:
         return list(self.hf.encode(text, add_special_tokens=True))
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        if self._rust is not None:
+            return self._rust.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
         return self.hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens,
                               clean_up_tokenization_spaces=False)
 

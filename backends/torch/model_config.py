@@ -44,6 +44,18 @@ def read_config_json(model_path: str) -> dict[str, Any]:
         return json.load(f)
 
 
+LLAMA_FAMILY = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                "Qwen3ForCausalLM")
+_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def architecture_name(raw: dict[str, Any]) -> str:
+    """config.json's architectures[0], else the class its model_type implies ("" if none)."""
+    archs = raw.get("architectures") or []
+    return archs[0] if archs else _MODEL_TYPES.get(raw.get("model_type", ""), "")
+
+
 def parse_arch_config(raw: dict[str, Any], architecture: str) -> ModelArchConfig:
     num_heads = raw["num_attention_heads"]
     hidden = raw["hidden_size"]

@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quire.backends.torch.model_config import parse_arch_config
-from quire.backends.torch.models.registry import resolve_architecture
+from quire.backends.torch.model_config import LLAMA_FAMILY, architecture_name, parse_arch_config
 from quire.backends.tpu import model as llama
 from quire.backends.tpu import reference
 from quire.backends.tpu.attention import default_attention, make_attention
@@ -66,7 +65,11 @@ class TpuExecutor(Executor):
 
         start = time.perf_counter()
         raw, weights = open_checkpoint(model_path)
-        arch, _ = resolve_architecture(raw, self.extra_models)
+        arch = architecture_name(raw)
+        if arch not in LLAMA_FAMILY:
+            raise ValueError(f"model architecture {arch or raw.get('model_type')!r} is not "
+                             f"supported by the tpu backend; supported: "
+                             f"{', '.join(LLAMA_FAMILY)}")
         cfg = parse_arch_config(raw, arch)
         if dtype == "auto":
             dtype = cfg.torch_dtype if cfg.torch_dtype in JAX_DTYPES else "bfloat16"

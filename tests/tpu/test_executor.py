@@ -105,3 +105,35 @@ def test_bf16_runs_and_unsupported_dtype_is_clear(model_factory):
     assert len(out[0].outputs[0].token_ids) == 4
     with pytest.raises(ValueError, match="float16"):
         LLM(model_dir, backend="tpu", dtype="float16", block_size=16, num_blocks=16)
+
+
+def test_tpu_path_imports_no_torch(model_factory):
+    """Weights, model, kernel and sampler run with torch never imported (a TPU VM need not
+    install it): the engine driven with token ids and a framework-free tokenizer."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from quire.backends.tpu.executor import TpuExecutor\n"
+        "from quire.core.config import EngineConfig\n"
+        "from quire.core.engine import LLMEngine\n"
+        "from quire.core.sampling_params import SamplingParams\n"
+        "from tests.core.fakes import CharTokenizer\n"
+        "ex = TpuExecutor(EngineConfig(model=sys.argv[1], backend='tpu'))\n"
+        "info = ex.load_model(sys.argv[1], 'float32')\n"
+        "ex.allocate_kv_cache(16, 16)\n"
+        "engine = LLMEngine(ex, CharTokenizer(), info, num_blocks=16, block_size=16,\n"
+        "                   max_num_seqs=8, max_num_batched_tokens=64, max_model_len=128)\n"
+        "engine.add_request([5, 6, 7, 8], SamplingParams(temperature=0, max_tokens=5,\n"
+        "                                                ignore_eos=True), 'r')\n"
+        "outs = []\n"
+        "while engine.has_unfinished_requests():\n"
+        "    outs += engine.step()\n"
+        "assert len(outs[-1].outputs[0].token_ids) == 5, outs[-1]\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    root = __file__.rsplit("/tests/", 1)[0]
+    proc = subprocess.run([sys.executable, "-c", code, model_factory("llama")], cwd=root,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

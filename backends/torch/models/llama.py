@@ -46,8 +46,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = attn
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
+        """x [T, hidden]; rope: RotaryEmbedding.table() of the tokens' positions."""
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(self.input_layernorm(x)).split(self.qkv_split, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_size)
@@ -55,7 +56,7 @@ class DecoderLayer(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_size)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(positions, q, k)
+        q, k = RotaryEmbedding.apply(q, k, *rope)
         self.attn.write_kv(k, v, kv_cache, md.slot_mapping)
         attn_out = self.attn.forward(q, kv_cache, md)
         x = x + self.o_proj(attn_out.reshape(num_tokens, -1))
@@ -85,8 +86,9 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[torch.Tensor], md: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions [T] -> final hidden states [T, hidden]."""
         x = self.embed_tokens(input_ids)
+        rope = self.rope.table(positions, x.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, positions, self.rope, kv_cache, md)
+            x = layer(x, rope, kv_cache, md)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

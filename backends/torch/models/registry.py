@@ -6,19 +6,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from quire.backends.torch.model_config import LLAMA_FAMILY, architecture_name
 from quire.backends.torch.models.llama import LlamaForCausalLM
 
 ModelFactory = Callable[..., nn.Module]
 
-_BUILTIN: dict[str, ModelFactory] = {
-    "LlamaForCausalLM": LlamaForCausalLM,
-    "MistralForCausalLM": LlamaForCausalLM,
-    "Qwen2ForCausalLM": LlamaForCausalLM,
-    "Qwen3ForCausalLM": LlamaForCausalLM,
-}
-
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_BUILTIN: dict[str, ModelFactory] = dict.fromkeys(LLAMA_FAMILY, LlamaForCausalLM)
 
 
 def supported_architectures(extra: dict[str, ModelFactory] | None = None) -> list[str]:
@@ -29,8 +22,7 @@ def resolve_architecture(raw_config: dict, extra: dict[str, ModelFactory] | None
                          ) -> tuple[str, ModelFactory]:
     """(architecture name, model factory) for an HF config; ValueError lists what is known."""
     models = {**_BUILTIN, **(extra or {})}
-    archs = raw_config.get("architectures") or []
-    name = archs[0] if archs else _MODEL_TYPES.get(raw_config.get("model_type", ""), "")
+    name = architecture_name(raw_config)
     if name not in models:
         raise ValueError(
             f"model architecture {name or raw_config.get('model_type')!r} is not supported; "
