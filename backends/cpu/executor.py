@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quire.backends.cpu.attention import CpuAttention
+from quire.backends.cpu.fused import fuse_elementwise
 from quire.backends.cpu.linear import pack_linears
 from quire.backends.torch.executor import TorchExecutor
 from quire.core.executor import Capabilities, ModelInfo
@@ -23,4 +24,5 @@ class CpuExecutor(TorchExecutor):
         info = super().load_model(model_path, dtype)
         assert self.model is not None
         pack_linears(self.model)  # oneDNN-packed weights: see backends/cpu/linear.py
+        fuse_elementwise(self.model)  # one-pass norms, activation, rope: fused.py
         return info

@@ -16,6 +16,8 @@ import os
 import torch
 from torch import nn
 
+from quire.backends.torch.swap import replace_modules
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,10 +58,9 @@ def onednn_available(dtype: torch.dtype) -> bool:
 def pack_linears(model: nn.Module) -> int:
     """Swap every nn.Linear of the model for a PackedLinear (when available for its dtype);
     returns how many were swapped."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and onednn_available(child.weight.dtype):
-                setattr(parent, name, PackedLinear(child))
-                swapped += 1
-    return swapped
+    def convert(module: nn.Module) -> nn.Module | None:
+        if isinstance(module, nn.Linear) and onednn_available(module.weight.dtype):
+            return PackedLinear(module)
+        return None
+
+    return replace_modules(model, convert)

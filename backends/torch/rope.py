@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
 
 
 def inv_frequencies(head_size: int, theta: float, scaling: dict[str, Any]) -> torch.Tensor:
@@ -34,7 +35,7 @@ def _llama3(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
-class RotaryEmbedding(torch.nn.Module):
+class RotaryEmbedding(nn.Module):
     def __init__(self, head_size: int, max_positions: int, theta: float,
                  scaling: dict[str, Any]) -> None:
         super().__init__()
@@ -47,17 +48,21 @@ class RotaryEmbedding(torch.nn.Module):
         self.cos = emb.cos()
         self.sin = emb.sin()
 
-    def table(self, positions: torch.Tensor, dtype: torch.dtype
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) [T, 1, D] at positions [T]: looked up once per step, used by every
+    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) fp32 [T, D] at positions [T]: looked up once per step, used by every
         layer."""
-        return (self.cos[positions].unsqueeze(1).to(dtype),
-                self.sin[positions].unsqueeze(1).to(dtype))
+        return self.cos[positions], self.sin[positions]
 
-    @staticmethod
-    def apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [T, Hq, D]; k [T, Hkv, D]; cos, sin from table()."""
+
+class ApplyRotary(nn.Module):
+    """Rotates q and k by a step's rope table (HF numerics: in the activations' dtype).
+    A module, so a backend can swap in its own (the cpu backend fuses it)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D]; k [T, Hkv, D]; cos, sin [T, D] fp32 from RotaryEmbedding.table()."""
+        cos = cos.unsqueeze(1).to(q.dtype)
+        sin = sin.unsqueeze(1).to(q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.model_config import ModelArchConfig
-from quire.backends.torch.rope import RotaryEmbedding
+from quire.backends.torch.rope import ApplyRotary, RotaryEmbedding
 
 
 class RMSNorm(nn.Module):
@@ -27,6 +27,14 @@ class RMSNorm(nn.Module):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+
+class SiluAndMul(nn.Module):
+    """[T, 2I] (gate | up) -> silu(gate) * up [T, I]. A module so backends can fuse it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
 
 class DecoderLayer(nn.Module):
@@ -42,6 +50,8 @@ class DecoderLayer(nn.Module):
         self.k_norm = RMSNorm(cfg.head_size, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = SiluAndMul()
+        self.rotary = ApplyRotary()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = attn
@@ -56,12 +66,11 @@ class DecoderLayer(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_size)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = RotaryEmbedding.apply(q, k, *rope)
+        q, k = self.rotary(q, k, *rope)
         self.attn.write_kv(k, v, kv_cache, md.slot_mapping)
         attn_out = self.attn.forward(q, kv_cache, md)
         x = x + self.o_proj(attn_out.reshape(num_tokens, -1))
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        return x + self.down_proj(self.act(self.gate_up_proj(self.post_attention_layernorm(x))))
 
 
 class LlamaForCausalLM(nn.Module):
@@ -86,7 +95,7 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[torch.Tensor], md: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions [T] -> final hidden states [T, hidden]."""
         x = self.embed_tokens(input_ids)
-        rope = self.rope.table(positions, x.dtype)
+        rope = self.rope.table(positions)
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, rope, kv_cache, md)
         return self.norm(x)

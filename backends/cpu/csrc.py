@@ -1,0 +1,252 @@
+"""C++ sources of the cpu backend's native kernels (built by native.py)."""
+
+DECODE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+// exp(x) for x <= 0 (scores minus a running max): 2^(x log2 e) split into 2^n * 2^f with
+// |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative error ~1e-8), 2^n through
+// the exponent bits. Branch-free, so gcc vectorizes loops over it.
+static inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);
+  const float t = x * 1.4426950408889634f;
+  const float n = std::floor(t + 0.5f);
+  const float f = t - n;
+  float p = 1.5252733804059840e-5f;
+  p = p * f + 1.5403530393381609e-4f;
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// One job: row r's query heads of KV heads [k0, k1). Per block, all those heads' keys of a
+// token are contiguous in the [N, S, K, D] cache, so the job streams memory in order:
+// scores for the block's tokens, a softmax update per head, then the weighted values.
+template <typename T>
+static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, int64_t L,
+                       T* out, int64_t H, int64_t K, int64_t D, int64_t S, int64_t k0,
+                       int64_t k1, float scale, int64_t window, float soft_cap,
+                       float* qf, float* acc, float* m, float* l, float* s) {
+  const int64_t G = H / K, hc = (k1 - k0) * G, h0 = k0 * G;
+  for (int64_t i = 0; i < hc * D; ++i) qf[i] = static_cast<float>(q[h0 * D + i]) * scale;
+  std::fill(acc, acc + hc * D, 0.f);
+  std::fill(m, m + hc, -INFINITY);
+  std::fill(l, l + hc, 0.f);
+  const int64_t first = window > 0 ? std::max<int64_t>(0, L - window) : 0;
+  for (int64_t b = first / S; b * S < L; ++b) {
+    const int64_t blk = bt[b];
+    const int64_t t0 = std::max(b * S, first), t1 = std::min((b + 1) * S, L), n = t1 - t0;
+    const T* kb = kc + (blk * S + (t0 - b * S)) * K * D;
+    const T* vb = vc + (blk * S + (t0 - b * S)) * K * D;
+    for (int64_t t = 0; t < n; ++t) {
+      const T* krow = kb + (t * K + k0) * D;
+      for (int64_t h = 0; h < hc; ++h) {
+        const T* kp = krow + (h / G) * D;
+        const float* qp = qf + h * D;
+        float dot = 0.f;
+        for (int64_t d = 0; d < D; ++d) dot += qp[d] * static_cast<float>(kp[d]);
+        s[h * S + t] = dot;
+      }
+    }
+    for (int64_t h = 0; h < hc; ++h) {
+      float* sh = s + h * S;
+      if (soft_cap > 0.f)
+        for (int64_t t = 0; t < n; ++t) sh[t] = soft_cap * std::tanh(sh[t] / soft_cap);
+      float bmax = -INFINITY;
+      for (int64_t t = 0; t < n; ++t) bmax = std::max(bmax, sh[t]);
+      const float new_m = std::max(m[h], bmax);
+      const float correction = exp_nonpositive(m[h] - new_m);
+      float sum = 0.f;
+      for (int64_t t = 0; t < n; ++t) {
+        sh[t] = exp_nonpositive(sh[t] - new_m);
+        sum += sh[t];
+      }
+      l[h] = l[h] * correction + sum;
+      m[h] = new_m;
+      float* ap = acc + h * D;
+      for (int64_t d = 0; d < D; ++d) ap[d] *= correction;
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      const T* vrow = vb + (t * K + k0) * D;
+      for (int64_t h = 0; h < hc; ++h) {
+        const T* vp = vrow + (h / G) * D;
+        const float p = s[h * S + t];
+        float* ap = acc + h * D;
+        for (int64_t d = 0; d < D; ++d) ap[d] += p * static_cast<float>(vp[d]);
+      }
+    }
+  }
+  for (int64_t h = 0; h < hc; ++h)
+    for (int64_t d = 0; d < D; ++d)
+      out[(h0 + h) * D + d] = static_cast<T>(acc[h * D + d] / l[h]);
+}
+
+template <typename T>
+static void decode_rows(const T* q, const T* kc, const T* vc, const int32_t* bt,
+                        const int32_t* lens, T* out, int64_t R, int64_t H, int64_t K,
+                        int64_t D, int64_t S, int64_t B, float scale, int64_t window,
+                        float soft_cap) {
+  // Rows are the unit of work; with fewer rows than ~2 per thread, KV heads are split too.
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks = std::min<int64_t>(K, std::max<int64_t>(1, (2 * threads + R - 1) / R));
+  const int64_t per_chunk = (K + chunks - 1) / chunks;
+  const int64_t G = H / K;
+  at::parallel_for(0, R * chunks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t hc = per_chunk * G;
+    std::vector<float> qf(hc * D), acc(hc * D), m(hc), l(hc), s(hc * S);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t r = job / chunks, c = job % chunks;
+      const int64_t k0 = c * per_chunk, k1 = std::min(K, k0 + per_chunk);
+      if (k0 >= k1) continue;
+      decode_job<T>(q + r * H * D, kc, vc, bt + r * B, lens[r], out + r * H * D, H, K, D, S,
+                    k0, k1, scale, window, soft_cap, qf.data(), acc.data(), m.data(),
+                    l.data(), s.data());
+    }
+  });
+}
+
+torch::Tensor paged_decode(torch::Tensor q, torch::Tensor kc, torch::Tensor vc,
+                           torch::Tensor bt, torch::Tensor lens, double scale, int64_t window,
+                           double soft_cap) {
+  TORCH_CHECK(q.is_contiguous() && kc.is_contiguous() && vc.is_contiguous() &&
+              bt.is_contiguous() && lens.is_contiguous(), "contiguous inputs expected");
+  TORCH_CHECK(bt.scalar_type() == torch::kInt32 && lens.scalar_type() == torch::kInt32,
+              "block table and lengths must be int32");
+  auto out = torch::empty_like(q);
+  const int64_t R = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t S = kc.size(1), K = kc.size(2), B = bt.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode", [&] {
+    decode_rows<scalar_t>(q.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(),
+                          vc.data_ptr<scalar_t>(), bt.data_ptr<int32_t>(),
+                          lens.data_ptr<int32_t>(), out.data_ptr<scalar_t>(), R, H, K, D, S, B,
+                          static_cast<float>(scale), window, static_cast<float>(soft_cap));
+  });
+  return out;
+}
+"""
+
+
+FUSED = r"""
+// Elementwise layers fused into one pass each (each replaces 2-10 small torch ops, whose
+// per-op dispatch dominates at decode batch sizes). Numerics follow the torch modules:
+// fp32 inside, rounding to the tensor dtype where torch rounds.
+
+// exp(x) for any x (clamped to [-87, 88]): same scheme as exp_nonpositive.
+static inline float exp_any(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float t = x * 1.4426950408889634f;
+  const float n = std::floor(t + 0.5f);
+  const float f = t - n;
+  float p = 1.5252733804059840e-5f;
+  p = p * f + 1.5403530393381609e-4f;
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// out = weight * (x * rsqrt(mean(x^2) + eps)).to(dtype); x rows may be strided.
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && weight.is_contiguous(), "rms_norm: 2-D rows");
+  const int64_t rows = x.size(0), n = x.size(1), sx = x.stride(0);
+  auto out = torch::empty({rows, n}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = weight.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / n), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* xr = xp + r * sx;
+        float ss = 0.f;
+        for (int64_t i = 0; i < n; ++i) {
+          const float v = static_cast<float>(xr[i]);
+          ss += v * v;
+        }
+        const float inv = 1.f / std::sqrt(ss / static_cast<float>(n) + static_cast<float>(eps));
+        for (int64_t i = 0; i < n; ++i) {
+          const scalar_t rounded = static_cast<scalar_t>(static_cast<float>(xr[i]) * inv);
+          const float normed = static_cast<float>(rounded);
+          op[r * n + i] = static_cast<scalar_t>(static_cast<float>(wp[i]) * normed);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// [T, 2I] (gate | up) -> silu(gate) * up, [T, I].
+torch::Tensor silu_mul(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "silu_mul: contiguous [T, 2I]");
+  const int64_t rows = x.size(0), n = x.size(1) / 2;
+  auto out = torch::empty({rows, n}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_mul", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / n), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* g = xp + r * 2 * n;
+        const scalar_t* u = g + n;
+        for (int64_t i = 0; i < n; ++i) {
+          const float gv = static_cast<float>(g[i]);
+          const float act = static_cast<float>(static_cast<scalar_t>(gv / (1.f + exp_any(-gv))));
+          op[r * n + i] = static_cast<scalar_t>(act * static_cast<float>(u[i]));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// In place: x [T, H, D] (rows strided, heads contiguous) rotated by the rotate-half rule with
+// cos/sin [T, D] fp32 rows: x * cos + rotate_half(x) * sin.
+template <typename T>
+static void rotate(T* x, int64_t st, int64_t sh, int64_t tokens, int64_t heads, int64_t D,
+                   const float* cos, const float* sin) {
+  const int64_t half = D / 2;
+  at::parallel_for(0, tokens, std::max<int64_t>(1, 4096 / (heads * D)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* c = cos + t * D;
+      const float* s = sin + t * D;
+      for (int64_t h = 0; h < heads; ++h) {
+        T* p = x + t * st + h * sh;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = static_cast<float>(p[i]), bb = static_cast<float>(p[i + half]);
+          p[i] = static_cast<T>(a * c[i] - bb * s[i]);
+          p[i + half] = static_cast<T>(bb * c[i + half] + a * s[i + half]);
+        }
+      }
+    }
+  });
+}
+
+void rope_inplace(torch::Tensor q, torch::Tensor k, torch::Tensor cos, torch::Tensor sin) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && q.stride(2) == 1 && k.stride(2) == 1,
+              "rope: [T, H, D] with contiguous heads");
+  TORCH_CHECK(cos.scalar_type() == torch::kFloat && cos.is_contiguous() && sin.is_contiguous(),
+              "rope: fp32 contiguous cos/sin [T, D]");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "rope", [&] {
+    rotate<scalar_t>(q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), q.size(0), q.size(1),
+                     q.size(2), cos.data_ptr<float>(), sin.data_ptr<float>());
+    rotate<scalar_t>(k.data_ptr<scalar_t>(), k.stride(0), k.stride(1), k.size(0), k.size(1),
+                     k.size(2), cos.data_ptr<float>(), sin.data_ptr<float>());
+  });
+}
+"""

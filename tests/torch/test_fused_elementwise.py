@@ -1,0 +1,71 @@
+"""The cpu backend's fused RMSNorm / SiLU-and-multiply / rotary layers equal the torch
+modules they replace, and fall back to them for shapes the kernels don't take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quire.backends.cpu import native
+from quire.backends.cpu.fused import (
+    NativeApplyRotary,
+    NativeRMSNorm,
+    NativeSiluAndMul,
+    fuse_elementwise,
+)
+from quire.backends.torch.models.llama import RMSNorm, SiluAndMul
+from quire.backends.torch.rope import ApplyRotary, RotaryEmbedding
+
+pytestmark = pytest.mark.skipif(not native.available(),
+                                reason="native kernels could not be built here")
+TOL = {torch.float32: 2e-6, torch.bfloat16: 1e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm(dtype):
+    torch.manual_seed(0)
+    ref = RMSNorm(96, 1e-6)
+    ref.weight.data = torch.randn(96)
+    ref = ref.to(dtype)
+    fused = NativeRMSNorm(96, 1e-6)
+    fused.weight = ref.weight
+    x = torch.randn(7, 200).to(dtype)[:, 50:146]  # strided rows
+    torch.testing.assert_close(fused(x).float(), ref(x).float(), atol=TOL[dtype],
+                               rtol=TOL[dtype])
+    x3 = torch.randn(5, 3, 96).to(dtype)  # [T, H, D] (q/k norm): the torch fallback
+    torch.testing.assert_close(fused(x3), ref(x3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul(dtype):
+    x = (torch.randn(9, 2 * 80) * 4).to(dtype)
+    torch.testing.assert_close(NativeSiluAndMul()(x).float(), SiluAndMul()(x).float(),
+                               atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_in_place_on_qkv_views(dtype):
+    rope = RotaryEmbedding(64, 128, 10000.0, {})
+    positions = torch.tensor([0, 5, 17, 127])
+    cos, sin = rope.table(positions)
+    qkv = torch.randn(4, (6 + 2 * 2) * 64).to(dtype)
+    q_ref, k_ref = ApplyRotary()(qkv[:, :384].view(4, 6, 64), qkv[:, 384:512].view(4, 2, 64),
+                                 cos, sin)
+    q, k = qkv[:, :384].view(4, 6, 64), qkv[:, 384:512].view(4, 2, 64)
+    q_out, k_out = NativeApplyRotary()(q, k, cos, sin)
+    assert q_out.data_ptr() == qkv.data_ptr()  # rotated in place
+    torch.testing.assert_close(q_out.float(), q_ref.float(), atol=TOL[dtype] * 4,
+                               rtol=TOL[dtype])
+    torch.testing.assert_close(k_out.float(), k_ref.float(), atol=TOL[dtype] * 4,
+                               rtol=TOL[dtype])
+
+
+def test_fuse_elementwise_swaps_modules(llama_dir):
+    from quire import LLM
+
+    llm = LLM(llama_dir, dtype="float32", block_size=16, num_blocks=16)
+    layer = llm.engine.executor.model.layers[0]
+    assert isinstance(layer.input_layernorm, NativeRMSNorm)
+    assert isinstance(layer.act, NativeSiluAndMul)
+    assert isinstance(layer.rotary, NativeApplyRotary)
+    assert fuse_elementwise(layer) == 0  # already fused: nothing left to swap
