@@ -4,6 +4,11 @@ call. That re-packing dominates decode steps, where a few rows meet a large weig
 dev box (2-core Zen 4) the 512 x 32000 lm_head at 32 rows ran 62 -> 184 GFLOP/s in fp32 and
 256 -> 362 in bf16 (benchmarks/RESULTS.md).
 
+oneDNN builds (~1 ms) and caches one primitive per input shape, so row counts above
+EXACT_ROWS (prefill chunks of any length) are padded up to a multiple of ROW_BUCKET: a
+bounded set of shapes for a long-running server, at most 1/4 extra rows of work. Decode
+batches (<= EXACT_ROWS rows) run unpadded.
+
 QUIRE_CPU_ONEDNN=0 keeps plain nn.Linear; so does a torch built without oneDNN.
 """
 
@@ -20,6 +25,18 @@ from quire.backends.torch.swap import replace_modules
 
 logger = logging.getLogger(__name__)
 
+EXACT_ROWS = 64
+ROW_BUCKET = 16
+
+
+def padded_rows(rows: int) -> int:
+    """rows itself up to EXACT_ROWS; above, the next multiple of ROW_BUCKET (of 64 past
+    512 rows)."""
+    if rows <= EXACT_ROWS:
+        return rows
+    step = ROW_BUCKET if rows <= 512 else 64
+    return -(-rows // step) * step
+
 
 class PackedLinear(nn.Module):
     """y = x W^T + b with W held in oneDNN's packed layout. x: [T, in] -> [T, out]."""
@@ -32,7 +49,12 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        rows = x.shape[0]
+        padded = padded_rows(rows)
+        if padded != rows:
+            x = torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])
+        out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return out if padded == rows else out[:rows]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"

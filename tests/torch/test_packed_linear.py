@@ -10,7 +10,7 @@ from quire.backends.cpu.linear import PackedLinear, onednn_available, pack_linea
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-@pytest.mark.parametrize("rows", [1, 5, 64])
+@pytest.mark.parametrize("rows", [1, 5, 64, 65, 530])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_equals_linear(dtype, tol, rows, bias):
     if not onednn_available(dtype):
@@ -45,3 +45,11 @@ def test_switched_off_by_env(monkeypatch):
         assert isinstance(model[0], nn.Linear)
     finally:
         onednn_available.cache_clear()
+
+
+def test_row_buckets_bound_the_shapes():
+    from quire.backends.cpu.linear import padded_rows
+
+    assert [padded_rows(n) for n in (1, 37, 64)] == [1, 37, 64]
+    assert [padded_rows(n) for n in (65, 80, 81, 512, 513, 2048)] == [80, 80, 96, 512, 576, 2048]
+    assert len({padded_rows(n) for n in range(1, 2049)}) == 64 + 28 + 24
