@@ -16,6 +16,7 @@ from quire.backends.triton.config import (
     interpreting,
     next_pow2,
     num_kv_splits,
+    tile_for,
 )
 
 DEFAULT_CONFIG = KernelConfig()
@@ -80,8 +81,8 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads}")
     if key_cache.stride() != value_cache.stride() or key_cache.stride(-1) != 1:
         raise ValueError("key and value caches need the same strides, head dim contiguous")
-    if block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"block size {block_size} unsupported: a power of two >= 16")
+    if block_size & (block_size - 1):
+        raise ValueError(f"block size {block_size} unsupported: a power of two")
     query = query.contiguous()
     out = torch.empty_like(query)
     num_reqs = seq_lens.shape[0]
@@ -93,7 +94,8 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         max_seq_len = int(seq_lens.max())
     group = num_heads // num_kv_heads
     common = dict(HEAD=head_size, HEAD_PAD=next_pow2(max(head_size, 16)),
-                  BLOCK_SIZE=block_size, WINDOW=sliding_window or 0,
+                  BLOCK_SIZE=block_size, TILE=tile_for(max_query_len, cfg),
+                  WINDOW=sliding_window or 0,
                   USE_SOFT_CAP=soft_cap is not None,
                   PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
                   UPCAST_DOT=query.dtype == torch.bfloat16 and interpreting())

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 class KernelConfig:
     """min_rows: the smallest tile height M = Q * GP (tl.dot wants at least 16 rows).
     max_block_q: queries per program for prefill (Q), a power of two.
+    prefill_tile / decode_tile: keys per inner step (a tile may span pages). Wider tiles
+        make bigger dots for prefill; decode tiles stay small so short contexts waste
+        little.
     num_warps / num_stages: Triton's launch options (a warp is 32 lanes on NVIDIA, a
         wavefront of 64 on AMD CDNA, so AMD uses fewer warps for the same tile).
     waves_per_eu: AMD occupancy hint (0: the compiler's choice; never passed on NVIDIA).
@@ -22,6 +25,8 @@ class KernelConfig:
 
     min_rows: int = 16
     max_block_q: int = 16
+    prefill_tile: int = 64
+    decode_tile: int = 32
     num_warps: int = 4
     num_stages: int = 2
     waves_per_eu: int = 0
@@ -69,3 +74,7 @@ def num_kv_splits(num_reqs: int, num_kv_heads: int, max_seq_len: int, max_query_
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def tile_for(max_query_len: int, cfg: KernelConfig) -> int:
+    return cfg.decode_tile if max_query_len == 1 else cfg.prefill_tile

@@ -46,7 +46,7 @@ class GpuExecutor(TorchExecutor):
         return Capabilities(
             dtypes=("bfloat16", "float16", "float32"),
             default_dtype="bfloat16",
-            block_sizes=(16, 32, 64),
+            block_sizes=(8, 16, 32, 64, 128),
             token_buckets=TOKEN_BUCKETS,
             request_buckets=GRAPH_BUCKETS,
             max_num_seqs=GRAPH_BUCKETS[-1],
@@ -91,4 +91,4 @@ class TritonInterpretExecutor(GpuExecutor):
     @classmethod
     def capabilities(cls) -> Capabilities:
         return Capabilities(dtypes=("float32", "bfloat16", "float16"), default_dtype="float32",
-                            block_sizes=(16, 32, 64))
+                            block_sizes=(8, 16, 32, 64, 128))

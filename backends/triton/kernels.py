@@ -11,8 +11,10 @@ Cache layout: key/value cache [N, S, Hkv, D] each (one layer), any strides.
   chunked prefill with cached context. A program owns Q queries of one request times the G
   query heads of one KV head: an [M, DP] tile, so the dot products are well shaped for GQA
   and decode alike. It finds its request by binary search over query_start_loc (no host
-  planning, so CUDA graphs can capture it), walks the request's pages with an online
-  softmax in fp32 and skips pages outside the causal / sliding window.
+  planning, so CUDA graphs can capture it), walks the request's keys in tiles of TILE
+  positions (a tile gathers its keys' pages from the block table, so tile width is free of
+  the page size) with an online softmax in fp32, skipping tiles outside the causal /
+  sliding window.
 - _split_kv_decode_kernel + _reduce_splits_kernel (flash-decoding): grid (R, Hkv, P) then
   (R, Hq). For decode (one query per request) with few requests and long contexts, the
   context is cut into P ranges whose partial results (output and log-sum-exp) are merged.
@@ -69,30 +71,34 @@ def _soft_cap(s, cap):
 
 
 @triton.jit
-def _attend_pages(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_ptr,
-                  first_page, end_page, kv_head, scale, soft_cap,
+def _attend_tiles(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_ptr,
+                  first_tile, end_tile, end_pos, kv_head, scale, soft_cap,
                   stride_cn, stride_cs, stride_ch,
                   HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                  WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr,
+                  TILE: tl.constexpr, WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr,
                   PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """Online softmax of q [M, DP] (positions q_pos [M]) over pages [first, end)."""
-    offs_n = tl.arange(0, BLOCK_SIZE)
+    """Online softmax of q [M, DP] (positions q_pos [M]) over key tiles [first, end) of
+    TILE positions each (keys at positions >= end_pos are masked). A tile may span several
+    pages: each key's page comes from the block table, so TILE is free of BLOCK_SIZE."""
+    offs_n = tl.arange(0, TILE)
     dims = tl.arange(0, HEAD_PAD)
     d_ok = dims[None, :] < HEAD
-    for page in range(first_page, end_page):
-        block = tl.load(table_ptr + page).to(tl.int64)
-        kv_off = block * stride_cn + offs_n[:, None] * stride_cs + kv_head * stride_ch + \
-            dims[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=d_ok, other=0.0)
-        v = tl.load(v_cache_ptr + kv_off, mask=d_ok, other=0.0)
+    for tile in range(first_tile, end_tile):
+        k_pos = tile * TILE + offs_n
+        in_range = k_pos < end_pos
+        block = tl.load(table_ptr + k_pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
+        kv_off = block[:, None] * stride_cn + (k_pos % BLOCK_SIZE)[:, None] * stride_cs + \
+            kv_head * stride_ch + dims[None, :]
+        load_mask = in_range[:, None] & d_ok
+        k = tl.load(k_cache_ptr + kv_off, mask=load_mask, other=0.0)
+        v = tl.load(v_cache_ptr + kv_off, mask=load_mask, other=0.0)
         if UPCAST_DOT:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [M, S]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [M, TILE]
         if USE_SOFT_CAP:
             s = _soft_cap(s, soft_cap)
-        k_pos = page * BLOCK_SIZE + offs_n
-        visible = k_pos[None, :] <= q_pos[:, None]
+        visible = (k_pos[None, :] <= q_pos[:, None]) & in_range[None, :]
         if WINDOW > 0:
             visible = visible & (k_pos[None, :] > q_pos[:, None] - WINDOW)
         s = tl.where(visible, s, float("-inf"))
@@ -114,8 +120,8 @@ def _unified_attention_kernel(
         stride_bt,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
         HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr,
-        WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST_DOT: tl.constexpr):
+        TILE: tl.constexpr, WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     req = _find_request(qsl_ptr, num_reqs, program, BLOCK_Q)
@@ -141,18 +147,18 @@ def _unified_attention_kernel(
         q = q.to(tl.float32)
     q_pos = context + q_idx
 
-    last_pos = context + tl.minimum((local + 1) * BLOCK_Q, q_len) - 1
-    first_page = 0
+    end_pos = context + tl.minimum((local + 1) * BLOCK_Q, q_len)  # keys this block may see
+    first_tile = 0
     if WINDOW > 0:
-        first_page = tl.maximum(context + local * BLOCK_Q - WINDOW + 1, 0) // BLOCK_SIZE
+        first_tile = tl.maximum(context + local * BLOCK_Q - WINDOW + 1, 0) // TILE
     acc = tl.zeros([M, HEAD_PAD], dtype=tl.float32)
     m_i = tl.full([M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([M], dtype=tl.float32)
-    acc, m_i, l_i = _attend_pages(
+    acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, tables_ptr + req * stride_bt,
-        first_page, last_pos // BLOCK_SIZE + 1, kv_head, scale, soft_cap,
-        stride_cn, stride_cs, stride_ch, HEAD, HEAD_PAD, BLOCK_SIZE, WINDOW, USE_SOFT_CAP,
-        PRECISION, UPCAST_DOT)
+        first_tile, tl.cdiv(end_pos, TILE), end_pos, kv_head, scale, soft_cap,
+        stride_cn, stride_cs, stride_ch, HEAD, HEAD_PAD, BLOCK_SIZE, TILE, WINDOW,
+        USE_SOFT_CAP, PRECISION, UPCAST_DOT)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -165,8 +171,8 @@ def _split_kv_decode_kernel(
         stride_qt, stride_qh, stride_cn, stride_cs, stride_ch, stride_bt,
         NUM_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-        BLOCK_SIZE: tl.constexpr, WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr,
-        PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+        BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, WINDOW: tl.constexpr,
+        USE_SOFT_CAP: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
     """Partial results: part_out [R, Hq, P, DP] fp32, part_lse [R, Hq, P] fp32."""
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -186,20 +192,20 @@ def _split_kv_decode_kernel(
         q = q.to(tl.float32)
     q_pos = tl.zeros([ROWS], dtype=tl.int32) + seq_len - 1
 
-    num_pages = tl.cdiv(seq_len, BLOCK_SIZE)
-    first_page = 0
+    num_tiles = tl.cdiv(seq_len, TILE)
+    first_tile = 0
     if WINDOW > 0:
-        first_page = tl.maximum(seq_len - WINDOW, 0) // BLOCK_SIZE
-    per_split = tl.cdiv(num_pages - first_page, NUM_SPLITS)
-    begin = first_page + split * per_split
-    end = tl.minimum(begin + per_split, num_pages)
+        first_tile = tl.maximum(seq_len - WINDOW, 0) // TILE
+    per_split = tl.cdiv(num_tiles - first_tile, NUM_SPLITS)
+    begin = first_tile + split * per_split
+    end = tl.minimum(begin + per_split, num_tiles)
     acc = tl.zeros([ROWS, HEAD_PAD], dtype=tl.float32)
     m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([ROWS], dtype=tl.float32)
-    acc, m_i, l_i = _attend_pages(
+    acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, tables_ptr + req * stride_bt,
-        begin, end, kv_head, scale, soft_cap, stride_cn, stride_cs, stride_ch,
-        HEAD, HEAD_PAD, BLOCK_SIZE, WINDOW, USE_SOFT_CAP, PRECISION, UPCAST_DOT)
+        begin, end, seq_len, kv_head, scale, soft_cap, stride_cn, stride_cs, stride_ch,
+        HEAD, HEAD_PAD, BLOCK_SIZE, TILE, WINDOW, USE_SOFT_CAP, PRECISION, UPCAST_DOT)
     safe_l = tl.where(l_i == 0.0, 1.0, l_i)
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(safe_l))
     base = (req * NUM_HEADS + head) * NUM_SPLITS + split

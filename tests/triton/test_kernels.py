@@ -42,6 +42,8 @@ CASES = [
     ([90, 64], [40, 64], 8, 8, 128, 16, torch.float16, None, 20.0),
     ([130, 3], [2, 3], 4, 1, 256, 32, torch.float32, 40, 30.0),
     ([100, 60, 1], [1, 20, 1], 9, 3, 64, 16, torch.float32, None, None),  # group 3 (padded)
+    ([90, 5], [1, 5], 4, 2, 64, 8, torch.float32, None, None),  # tiles span 4-8 pages
+    ([300, 129], [40, 1], 4, 1, 128, 128, torch.bfloat16, 70, None),  # pages span tiles
 ]
 
 
