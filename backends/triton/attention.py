@@ -97,7 +97,6 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
                   BLOCK_SIZE=block_size, TILE=tile_for(max_query_len, cfg),
                   WINDOW=sliding_window or 0,
                   USE_SOFT_CAP=soft_cap is not None,
-                  PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
                   UPCAST_DOT=query.dtype == torch.bfloat16 and interpreting())
     soft_cap = float(soft_cap or 0.0)
     if num_splits is None:

@@ -19,6 +19,8 @@ Cache layout: key/value cache [N, S, Hkv, D] each (one layer), any strides.
   (R, Hq). For decode (one query per request) with few requests and long contexts, the
   context is cut into P ranges whose partial results (output and log-sum-exp) are merged.
 
+Dots use input_precision="ieee": exact fp32 products for fp32 inputs (no TF32; gfx90a has
+none), and no effect on fp16/bf16 inputs, which the tensor cores take natively.
 UPCAST_DOT: Triton's CPU interpreter computes bf16 tl.dot wrongly (fp16 and fp32 are fine),
 so under TRITON_INTERPRET=1 bf16 tiles are widened to fp32 before each dot.
 """
@@ -76,7 +78,7 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_ptr,
                   stride_cn, stride_cs, stride_ch,
                   HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                   TILE: tl.constexpr, WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr,
-                  PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+                  UPCAST_DOT: tl.constexpr):
     """Online softmax of q [M, DP] (positions q_pos [M]) over key tiles [first, end) of
     TILE positions each (keys at positions >= end_pos are masked). A tile may span several
     pages: each key's page comes from the block table, so TILE is free of BLOCK_SIZE."""
@@ -95,7 +97,7 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_ptr,
         if UPCAST_DOT:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [M, TILE]
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [M, TILE]
         if USE_SOFT_CAP:
             s = _soft_cap(s, soft_cap)
         visible = (k_pos[None, :] <= q_pos[:, None]) & in_range[None, :]
@@ -107,7 +109,7 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_ptr,
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
     return acc, m_i, l_i
 
@@ -121,7 +123,7 @@ def _unified_attention_kernel(
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
         HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr,
         TILE: tl.constexpr, WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr,
-        PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+        UPCAST_DOT: tl.constexpr):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     req = _find_request(qsl_ptr, num_reqs, program, BLOCK_Q)
@@ -158,7 +160,7 @@ def _unified_attention_kernel(
         acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, tables_ptr + req * stride_bt,
         first_tile, tl.cdiv(end_pos, TILE), end_pos, kv_head, scale, soft_cap,
         stride_cn, stride_cs, stride_ch, HEAD, HEAD_PAD, BLOCK_SIZE, TILE, WINDOW,
-        USE_SOFT_CAP, PRECISION, UPCAST_DOT)
+        USE_SOFT_CAP, UPCAST_DOT)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -172,7 +174,7 @@ def _split_kv_decode_kernel(
         NUM_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, WINDOW: tl.constexpr,
-        USE_SOFT_CAP: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+        USE_SOFT_CAP: tl.constexpr, UPCAST_DOT: tl.constexpr):
     """Partial results: part_out [R, Hq, P, DP] fp32, part_lse [R, Hq, P] fp32."""
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -205,7 +207,7 @@ def _split_kv_decode_kernel(
     acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, tables_ptr + req * stride_bt,
         begin, end, seq_len, kv_head, scale, soft_cap, stride_cn, stride_cs, stride_ch,
-        HEAD, HEAD_PAD, BLOCK_SIZE, TILE, WINDOW, USE_SOFT_CAP, PRECISION, UPCAST_DOT)
+        HEAD, HEAD_PAD, BLOCK_SIZE, TILE, WINDOW, USE_SOFT_CAP, UPCAST_DOT)
     safe_l = tl.where(l_i == 0.0, 1.0, l_i)
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(safe_l))
     base = (req * NUM_HEADS + head) * NUM_SPLITS + split
