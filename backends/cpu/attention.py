@@ -49,8 +49,9 @@ class _DecodeRows:
 @dataclass(slots=True)
 class _Plan:
     decode_rows: _DecodeRows | None
-    decode_groups: list[_DecodeGroup]
+    decode_groups: list[_DecodeGroup]  # for the torch path (empty when native is used)
     prefills: list[_PrefillSeq]
+    native: bool  # decode rows go to the native kernel
 
 
 class CpuAttention(AttentionImpl):
@@ -73,9 +74,15 @@ class CpuAttention(AttentionImpl):
         if plan is None:
             plan = metadata.plan_cache[key] = _make_plan(metadata, kv_cache.shape[2],
                                                          self.sliding_window)
-        out = torch.empty_like(query)
         rows = plan.decode_rows
-        if rows is not None and native.available():
+        if rows is not None and plan.native:
+            if not plan.prefills and len(rows.token_idx) == query.shape[0]:
+                # Every token is a decode row, in order (no padding): no gather/scatter.
+                return native.paged_decode(query, kv_cache[0], kv_cache[1], rows.block_tables,
+                                           rows.seq_lens, self.scale, self.sliding_window,
+                                           self.soft_cap)
+        out = torch.empty_like(query)
+        if rows is not None and plan.native:
             out[rows.token_idx] = native.paged_decode(
                 query[rows.token_idx], kv_cache[0], kv_cache[1], rows.block_tables,
                 rows.seq_lens, self.scale, self.sliding_window, self.soft_cap)
@@ -154,8 +161,9 @@ def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | Non
             block_tables=md.block_tables[torch.from_numpy(decode)].contiguous(),
             seq_lens=torch.from_numpy(seq_lens[decode].astype(np.int32)),
         )
+    use_native = native.available()
     groups = []
-    for rows in _length_groups(decode, seq_lens):
+    for rows in [] if use_native else _length_groups(decode, seq_lens):
         lens = torch.from_numpy(seq_lens[rows]).long()  # [R']
         num_blocks = -(-int(lens.max()) // block_size)
         k_pos = torch.arange(num_blocks * block_size).unsqueeze(0)
@@ -177,7 +185,7 @@ def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | Non
             mask &= k_pos > q_pos - sliding_window
         blocks = md.block_tables[i, : -(-seq_len // block_size)].long()
         prefills.append(_PrefillSeq(start, end, seq_len, blocks, mask))
-    return _Plan(decode_rows, groups, prefills)
+    return _Plan(decode_rows, groups, prefills, use_native)
 
 
 def _length_groups(rows: np.ndarray, seq_lens: np.ndarray, max_groups: int = 8) -> list:
