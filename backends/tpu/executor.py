@@ -14,7 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quire.backends.torch.model_config import LLAMA_FAMILY, architecture_name, parse_arch_config
+from quire.backends.torch.model_config import (
+    LLAMA_FAMILY,
+    ModelArchConfig,
+    architecture_name,
+    parse_arch_config,
+)
 from quire.backends.tpu import model as llama
 from quire.backends.tpu import reference
 from quire.backends.tpu.attention import default_attention, make_attention
@@ -41,6 +46,7 @@ class TpuExecutor(Executor):
         self.params: llama.Params | None = None
         self.kv_caches: list[llama.KVCache] = []
         self.info: ModelInfo | None = None
+        self.cfg: ModelArchConfig | None = None
         self.max_pages = 0
         self._step = None
         self._key = jax.random.key(config.seed)
@@ -94,7 +100,7 @@ class TpuExecutor(Executor):
             self.info.head_size * elem
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        assert self.info is not None, "load_model first"
+        assert self.info is not None and self.cfg is not None, "load_model first"
         shape = (self.info.num_kv_heads, num_blocks, block_size, self.info.head_size)
         dtype = JAX_DTYPES[self.info.dtype]
         self.kv_caches = [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
