@@ -40,7 +40,7 @@ def write_kv(key, value, key_cache, value_cache, slot_mapping) -> None:
         _as_jax(key), _as_jax(value), _as_jax(key_cache).transpose(2, 0, 1, 3),
         _as_jax(value_cache).transpose(2, 0, 1, 3), jnp.asarray(_as_numpy(slot_mapping)))
     for dst, src in ((key_cache, k_new), (value_cache, v_new)):
-        _copy_back(dst, np.asarray(src.transpose(1, 2, 0, 3), dtype=np.float32))
+        _copy_back(dst, np.array(src.transpose(1, 2, 0, 3), dtype=np.float32))
 
 
 def _as_numpy(x) -> np.ndarray:
