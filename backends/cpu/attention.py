@@ -55,11 +55,6 @@ class _Plan:
 
 
 class CpuAttention(AttentionImpl):
-    @staticmethod
-    def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
-                       head_size: int) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
     def write_kv(self, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
                  slot_mapping: torch.Tensor) -> None:
         flat = kv_cache.view(2, -1, self.num_kv_heads, self.head_size)

@@ -1,6 +1,6 @@
 """C++ sources of the cpu backend's native kernels (built by native.py)."""
 
-DECODE = r"""
+COMMON = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -9,11 +9,11 @@ DECODE = r"""
 #include <cstring>
 #include <vector>
 
-// exp(x) for x <= 0 (scores minus a running max): 2^(x log2 e) split into 2^n * 2^f with
-// |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative error ~1e-8), 2^n through
-// the exponent bits. Branch-free, so gcc vectorizes loops over it.
-static inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
+// exp(x), x clamped to [-87, 88]: 2^(x log2 e) split into 2^n * 2^f with |f| <= 1/2, 2^f by
+// its degree-7 Taylor polynomial (relative error ~1e-8), 2^n through the exponent bits.
+// Branch-free, so gcc vectorizes loops over it.
+static inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
   const float t = x * 1.4426950408889634f;
   const float n = std::floor(t + 0.5f);
   const float f = t - n;
@@ -30,7 +30,9 @@ static inline float exp_nonpositive(float x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
+"""
 
+DECODE = r"""
 // One job: row r's query heads of KV heads [k0, k1). Per block, all those heads' keys of a
 // token are contiguous in the [N, S, K, D] cache, so the job streams memory in order:
 // scores for the block's tokens, a softmax update per head, then the weighted values.
@@ -67,10 +69,10 @@ static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, 
       float bmax = -INFINITY;
       for (int64_t t = 0; t < n; ++t) bmax = std::max(bmax, sh[t]);
       const float new_m = std::max(m[h], bmax);
-      const float correction = exp_nonpositive(m[h] - new_m);
+      const float correction = fast_exp(m[h] - new_m);
       float sum = 0.f;
       for (int64_t t = 0; t < n; ++t) {
-        sh[t] = exp_nonpositive(sh[t] - new_m);
+        sh[t] = fast_exp(sh[t] - new_m);
         sum += sh[t];
       }
       l[h] = l[h] * correction + sum;
@@ -143,26 +145,6 @@ FUSED = r"""
 // per-op dispatch dominates at decode batch sizes). Numerics follow the torch modules:
 // fp32 inside, rounding to the tensor dtype where torch rounds.
 
-// exp(x) for any x (clamped to [-87, 88]): same scheme as exp_nonpositive.
-static inline float exp_any(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float t = x * 1.4426950408889634f;
-  const float n = std::floor(t + 0.5f);
-  const float f = t - n;
-  float p = 1.5252733804059840e-5f;
-  p = p * f + 1.5403530393381609e-4f;
-  p = p * f + 1.3333558146428443e-3f;
-  p = p * f + 9.6181291076284772e-3f;
-  p = p * f + 5.5504108664821580e-2f;
-  p = p * f + 2.4022650695910071e-1f;
-  p = p * f + 6.9314718055994531e-1f;
-  p = p * f + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
 // out = weight * (x * rsqrt(mean(x^2) + eps)).to(dtype); x rows may be strided.
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && weight.is_contiguous(), "rms_norm: 2-D rows");
@@ -206,7 +188,7 @@ torch::Tensor silu_mul(torch::Tensor x) {
         const scalar_t* u = g + n;
         for (int64_t i = 0; i < n; ++i) {
           const float gv = static_cast<float>(g[i]);
-          const float act = static_cast<float>(static_cast<scalar_t>(gv / (1.f + exp_any(-gv))));
+          const float act = static_cast<float>(static_cast<scalar_t>(gv / (1.f + fast_exp(-gv))));
           op[r * n + i] = static_cast<scalar_t>(act * static_cast<float>(u[i]));
         }
       }

@@ -35,7 +35,7 @@ def _load():
             from quire.backends.cpu import csrc
 
             _module = load_inline(
-                name="quire_cpu_kernels_v3", cpp_sources=[csrc.DECODE + csrc.FUSED],
+                name="quire_cpu_kernels_v3", cpp_sources=[csrc.COMMON + csrc.DECODE + csrc.FUSED],
                 functions=["paged_decode", "rms_norm", "silu_mul", "rope_inplace"],
                 # -fopenmp: ATen's parallel_for is OpenMP-backed; the associative-math flags
                 # let gcc vectorize the dot-product reductions (finite-math stays off: the

@@ -12,6 +12,8 @@ from quire.plugins import Availability
 
 logger = logging.getLogger(__name__)
 
+REQUIRES = "the cuda backend needs an NVIDIA GPU visible to torch"
+
 # (major, minor) -> launch options. Tiles are what the unified kernel needs per program;
 # stages pipeline the page loads (more shared memory on newer parts allows more).
 TUNING: dict[tuple[int, int], dict] = {

@@ -6,15 +6,9 @@ from __future__ import annotations
 import torch
 
 from quire.backends.rocm import platform
-from quire.backends.triton.config import KernelConfig
 from quire.backends.triton.executor import GpuExecutor
 
 
 class RocmExecutor(GpuExecutor):
     device = torch.device("cuda")
-
-    def kernel_config(self) -> KernelConfig:
-        device = platform.probe()
-        if device is None:
-            raise ValueError("the rocm backend needs an AMD GPU and a ROCm build of torch")
-        return platform.kernel_config(device)
+    platform = platform

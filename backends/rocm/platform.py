@@ -19,6 +19,8 @@ from quire.plugins import Availability
 
 logger = logging.getLogger(__name__)
 
+REQUIRES = "the rocm backend needs an AMD GPU and a ROCm build of torch"
+
 TUNING: dict[str, dict] = {
     "gfx90a": {"num_warps": 4, "num_stages": 1, "waves_per_eu": 2, "max_block_q": 16,
                "fp8_dtype": "float8_e4m3fnuz"},  # MI210/MI250: fp8 emulated, fnuz when used

@@ -67,10 +67,11 @@ class AttentionImpl(ABC):
         self.soft_cap = soft_cap
 
     @staticmethod
-    @abstractmethod
     def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
                        head_size: int) -> tuple[int, ...]:
-        """Shape of one layer's cache tensor (the layout is the backend's own)."""
+        """Shape of one layer's cache tensor (the layout is the backend's own). Default:
+        [2, N, S, Hkv, D], keys then values, each half in the canonical layout."""
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
 
     @abstractmethod
     def write_kv(self, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,

@@ -3,43 +3,19 @@ linear scaling."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-
-def inv_frequencies(head_size: int, theta: float, scaling: dict[str, Any]) -> torch.Tensor:
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        return inv_freq
-    if kind == "linear":
-        return inv_freq / scaling["factor"]
-    if kind == "llama3":
-        return _llama3(inv_freq, scaling)
-    raise ValueError(
-        f"rope scaling {kind!r} is not supported; supported: default, linear, llama3"
-    )
-
-
-def _llama3(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
-    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
-    old_len = s["original_max_position_embeddings"]
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-    return torch.where(is_medium, smoothed, scaled)
+from quire.backends.torch.model_config import inv_frequencies
 
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_size: int, max_positions: int, theta: float,
                  scaling: dict[str, Any]) -> None:
         super().__init__()
-        inv_freq = inv_frequencies(head_size, theta, scaling).float()
+        inv_freq = torch.from_numpy(inv_frequencies(head_size, theta, scaling)).float()
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)

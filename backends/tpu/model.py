@@ -9,7 +9,6 @@ input-major so a layer is x @ W.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,33 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quire.backends.torch.model_config import ModelArchConfig
+from quire.backends.torch.model_config import ModelArchConfig, inv_frequencies
 
 Params = dict[str, Any]
 KVCache = tuple[jax.Array, jax.Array]  # keys, values [Hkv, N, S, D]
 AttentionFn = Callable[..., jax.Array]
 WriteFn = Callable[..., KVCache]
-
-
-def inv_frequencies(head_size: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
-    inv_freq = 1.0 / theta ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size)
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        return inv_freq
-    if kind == "linear":
-        return inv_freq / scaling["factor"]
-    if kind == "llama3":
-        factor, low, high = scaling["factor"], scaling["low_freq_factor"], \
-            scaling["high_freq_factor"]
-        old_len = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return np.where(is_medium, smoothed, scaled)
-    raise ValueError(f"rope scaling {kind!r} is not supported; supported: default, linear, "
-                     "llama3")
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:

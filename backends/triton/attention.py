@@ -25,11 +25,6 @@ DEFAULT_CONFIG = KernelConfig()
 class TritonAttention(AttentionImpl):
     kernel_config = DEFAULT_CONFIG
 
-    @staticmethod
-    def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
-                       head_size: int) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
     def write_kv(self, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
                  slot_mapping: torch.Tensor) -> None:
         write_kv(key, value, kv_cache[0], kv_cache[1], slot_mapping, self.kernel_config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from types import ModuleType
 
 import torch
 
@@ -27,7 +28,10 @@ TOKEN_BUCKETS = GRAPH_BUCKETS + tuple(range(512, 16385, 256))
 
 
 class GpuExecutor(TorchExecutor):
-    """Subclasses set `device` and implement kernel_config()."""
+    """Subclasses set `device` and `platform`: a module with probe() -> device facts or
+    None, kernel_config(device) -> KernelConfig, and a `REQUIRES` message for no device."""
+
+    platform: ModuleType | None = None
 
     def __init__(self, config: EngineConfig, extra_models: dict | None = None) -> None:
         super().__init__(config, extra_models)
@@ -39,7 +43,12 @@ class GpuExecutor(TorchExecutor):
         self.graphs = None
 
     def kernel_config(self) -> KernelConfig:
-        return KernelConfig()
+        if self.platform is None:
+            return KernelConfig()
+        device = self.platform.probe()
+        if device is None:
+            raise ValueError(self.platform.REQUIRES)
+        return self.platform.kernel_config(device)
 
     @classmethod
     def capabilities(cls) -> Capabilities:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from quire.bench import report
@@ -92,11 +93,13 @@ def _llm(args: argparse.Namespace, model: str, **overrides: Any):
 
 
 def _finish(kind: str, rows: list[dict], settings: dict, output_dir: str) -> int:
-    print(report.table(rows))
+    # The command's own output (this is the CLI layer of `quire bench`).
+    out = [report.table(rows)]
     breakdown = report.time_breakdown(rows)
     if breakdown:
-        print("\nstep time by phase:\n" + breakdown)
-    print(f"\nwritten: {report.write(kind, rows, settings, output_dir)}")
+        out.append("\nstep time by phase:\n" + breakdown)
+    out.append(f"\nwritten: {report.write(kind, rows, settings, output_dir)}\n")
+    sys.stdout.write("\n".join(out))
     return 0
 
 
@@ -145,7 +148,7 @@ def _prefix(args: argparse.Namespace) -> int:
         run_quire(llm, fixed(2, llm.engine.model_info.vocab_size, 16, 4))  # warm up
         rows.append(run_quire(llm, workload, f"quire prefix-caching {'on' if caching else 'off'}"))
     speedup = rows[1]["elapsed_s"] / rows[0]["elapsed_s"]
-    print(f"prefix caching speedup: {speedup:.2f}x")
+    sys.stdout.write(f"prefix caching speedup: {speedup:.2f}x\n")
     return _finish("prefix", rows, {"model": model, "workload": workload.name,
                                     "speedup": speedup}, args.output_dir)
 
