@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from quire.backends.cpu.reference import paged_attention as reference  # noqa: E402
+from quire.testing.reference import paged_attention as reference  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

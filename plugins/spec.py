@@ -42,7 +42,7 @@ class BackendSpec:
         paged_attention(query, key_cache, value_cache, block_tables, query_start_loc,
         seq_lens, scale, sliding_window=None, soft_cap=None) and
         write_kv(key, value, key_cache, value_cache, slot_mapping); tensors of the backend's
-        framework, layout as in quire.backends.cpu.reference.
+        framework, layout as in quire.testing.reference.
     api_version: the PLUGIN_API_VERSION the plugin was built against.
     """
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from quire.backends.cpu import native
-from quire.backends.cpu.reference import attend
+from quire.testing.reference import attend
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.workspace import Workspace
 

@@ -13,7 +13,7 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
                     block_tables: torch.Tensor, query_start_loc: torch.Tensor,
                     seq_lens: torch.Tensor, scale: float, sliding_window: int | None = None,
                     soft_cap: float | None = None) -> torch.Tensor:
-    """Shapes as quire.backends.cpu.reference.paged_attention."""
+    """Shapes as quire.testing.reference.paged_attention."""
     impl = CpuAttention(query.shape[1], key_cache.shape[2], key_cache.shape[3], scale,
                         sliding_window, soft_cap)
     md = AttentionMetadata.from_canonical(query_start_loc, seq_lens, block_tables)

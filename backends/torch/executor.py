@@ -11,7 +11,7 @@ import torch
 
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.loader import open_checkpoint
-from quire.backends.torch.model_config import parse_arch_config
+from quire.models.config import model_info, parse_arch_config
 from quire.backends.torch.models.registry import ModelFactory, resolve_architecture
 from quire.backends.torch.sampler import Sampler
 from quire.backends.torch.workspace import Workspace
@@ -59,11 +59,7 @@ class TorchExecutor(Executor):
             model = factory(cfg, self.attention_cls, max_len)
         model.load_weights(weights)
         self.model = model.to(device=self.device, dtype=TORCH_DTYPES[dtype]).eval()
-        self.info = ModelInfo(
-            vocab_size=cfg.vocab_size, max_model_len=cfg.max_position_embeddings,
-            num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
-            head_size=cfg.head_size, dtype=dtype, architecture=arch,
-        )
+        self.info = model_info(cfg, dtype)
         logger.info("loaded %s (%s) from %s in %.1fs", arch, dtype, model_path,
                     time.perf_counter() - start)
         return self.info

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quire.backends.torch.model_config import inv_frequencies
+from quire.models.rope import inv_frequencies
 
 
 class RotaryEmbedding(nn.Module):

@@ -14,12 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quire.backends.torch.model_config import (
-    LLAMA_FAMILY,
-    ModelArchConfig,
-    architecture_name,
-    parse_arch_config,
-)
 from quire.backends.tpu import model as llama
 from quire.backends.tpu import reference
 from quire.backends.tpu.attention import default_attention, make_attention
@@ -29,6 +23,13 @@ from quire.backends.tpu.sampler import host_rows, sample
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
+from quire.models.config import (
+    LLAMA_FAMILY,
+    ModelArchConfig,
+    architecture_name,
+    model_info,
+    parse_arch_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class TpuExecutor(Executor):
         )
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
-        from quire.backends.tpu.weights import open_checkpoint
+        from quire.models.checkpoint import open_checkpoint
 
         start = time.perf_counter()
         raw, weights = open_checkpoint(model_path)
@@ -84,11 +85,7 @@ class TpuExecutor(Executor):
                              f"supported: {tuple(JAX_DTYPES)}")
         self.params = llama.load_params(cfg, weights, JAX_DTYPES[dtype])
         self.cfg = cfg
-        self.info = ModelInfo(
-            vocab_size=cfg.vocab_size, max_model_len=cfg.max_position_embeddings,
-            num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
-            head_size=cfg.head_size, dtype=dtype, architecture=arch,
-        )
+        self.info = model_info(cfg, dtype)
         logger.info("loaded %s (%s) from %s in %.1fs on %s", arch, dtype, model_path,
                     time.perf_counter() - start, jax.devices()[0].platform)
         return self.info

@@ -18,7 +18,7 @@ _PARAMS = KernelParams(query_block=8, pages_per_block=2)
 def paged_attention(query, key_cache, value_cache, block_tables, query_start_loc, seq_lens,
                     scale: float, sliding_window: int | None = None,
                     soft_cap: float | None = None) -> jax.Array:
-    """Shapes as quire.backends.cpu.reference.paged_attention (caches [N, S, Hkv, D])."""
+    """Shapes as quire.testing.reference.paged_attention (caches [N, S, Hkv, D])."""
     q, k, v = (_as_jax(x) for x in (query, key_cache, value_cache))
     qsl, lens, tables = (_as_numpy(x) for x in (query_start_loc, seq_lens, block_tables))
     md = build_metadata(qsl, lens, tables, np.zeros(q.shape[0], np.int32), _PARAMS.query_block)

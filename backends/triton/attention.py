@@ -64,7 +64,7 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
                     soft_cap: float | None = None, *, max_query_len: int | None = None,
                     max_seq_len: int | None = None, num_splits: int | None = None,
                     cfg: KernelConfig = DEFAULT_CONFIG) -> torch.Tensor:
-    """Shapes as quire.backends.cpu.reference.paged_attention: query [T, Hq, D]; caches
+    """Shapes as quire.testing.reference.paged_attention: query [T, Hq, D]; caches
     [N, S, Hkv, D]; block_tables [R, B]; query_start_loc [R+1]; seq_lens [R] (int32, on
     the query's device). max_query_len / max_seq_len: host-known maxima (computed here
     when None); num_splits forces the split-KV path (decode only) or the unified one (1)."""

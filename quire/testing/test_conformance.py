@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from quire.backends.cpu.reference import paged_attention as reference_attention
+from quire.testing.reference import paged_attention as reference_attention
 from quire.plugins.manager import BackendStatus, load_plugins
 from quire.plugins.selection import load_factory
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from quire.backends.cpu.attention import CpuAttention
-from quire.backends.cpu.reference import paged_attention
+from quire.testing.reference import paged_attention
 from quire.backends.torch.attention import AttentionMetadata
 
 

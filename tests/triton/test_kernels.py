@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from quire.backends.cpu.reference import paged_attention as reference
+from quire.testing.reference import paged_attention as reference
 from quire.backends.triton.attention import paged_attention, write_kv
 from quire.backends.triton.config import KernelConfig, block_q_for, num_kv_splits
 

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
-from quire.backends.torch.model_config import ModelArchConfig
 from quire.backends.torch.rope import ApplyRotary, RotaryEmbedding
+from quire.models.config import ModelArchConfig
+from quire.models.weight_map import WeightTarget, expected_targets, shard_sizes, weight_target
 
 
 class RMSNorm(nn.Module):
@@ -104,67 +105,24 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden).float()
 
     # -- weights ---------------------------------------------------------------------------
-    _FUSED = {  # HF name piece -> (our param, shard index)
-        ".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1),
-        ".v_proj.": (".qkv_proj.", 2), ".gate_proj.": (".gate_up_proj.", 0),
-        ".up_proj.": (".gate_up_proj.", 1),
-    }
-    _RENAMES = {".self_attn.o_proj.": ".o_proj.", ".mlp.down_proj.": ".down_proj.",
-                ".self_attn.q_norm.": ".q_norm.", ".self_attn.k_norm.": ".k_norm."}
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors in; raises if any parameter is left unset."""
+        """Copy HF-named tensors in (fused as quire.models.weight_map says); raises if any
+        parameter is left unset."""
         params = dict(self.named_parameters())
-        loaded: set[str] = set()
+        loaded: set[WeightTarget] = set()
         for name, tensor in weights:
-            name = name.removeprefix("model.")
-            if "rotary_emb" in name or (self.cfg.tie_word_embeddings and name == "lm_head.weight"):
+            target = weight_target(name, self.cfg)
+            if target is None:
                 continue
-            target, shard = self._target(name)
-            if target not in params:
-                raise ValueError(f"checkpoint tensor {name!r} has no place in "
-                                 f"{self.cfg.architecture}")
-            param = params[target]
-            if shard is None:
-                if param.shape != tensor.shape:
-                    raise ValueError(f"{name}: shape {tuple(tensor.shape)} != {tuple(param.shape)}")
-                param.data.copy_(tensor)
-            else:
-                self._copy_shard(target, param, tensor, shard)
-            loaded.add(target if shard is None else f"{target}#{shard}")
-        missing = [n for n in self._expected_keys() if n not in loaded]
+            param = params[target.name].data
+            if target.shard is not None:
+                sizes = shard_sizes(self.cfg, target.part)
+                offset = sum(sizes[: target.shard])
+                param = param[offset : offset + sizes[target.shard]]
+            if param.shape != tensor.shape:
+                raise ValueError(f"{name}: shape {tuple(tensor.shape)} != {tuple(param.shape)}")
+            param.copy_(tensor)
+            loaded.add(target)
+        missing = [t.name for t in expected_targets(self.cfg) if t not in loaded]
         if missing:
             raise ValueError(f"checkpoint is missing tensors: {missing[:8]}")
-
-    def _target(self, name: str) -> tuple[str, int | None]:
-        for piece, (ours, shard) in self._FUSED.items():
-            if piece in name:
-                return name.replace(".self_attn" + piece, ours).replace(".mlp" + piece, ours), shard
-        for piece, ours in self._RENAMES.items():
-            if piece in name:
-                return name.replace(piece, ours), None
-        return name, None
-
-    def _copy_shard(self, target: str, param: torch.Tensor, tensor: torch.Tensor,
-                    shard: int) -> None:
-        if ".qkv_proj." in target:
-            sizes = self.layers[0].qkv_split
-        else:
-            sizes = (self.cfg.intermediate_size,) * 2
-        offset = sum(sizes[:shard])
-        dest = param.data[offset : offset + sizes[shard]]
-        if dest.shape != tensor.shape:
-            raise ValueError(f"{target} shard {shard}: shape {tuple(tensor.shape)} != "
-                             f"{tuple(dest.shape)}")
-        dest.copy_(tensor)
-
-    def _expected_keys(self) -> list[str]:
-        keys = []
-        for name, _ in self.named_parameters():
-            if ".qkv_proj." in name:
-                keys += [f"{name}#{i}" for i in range(3)]
-            elif ".gate_up_proj." in name:
-                keys += [f"{name}#{i}" for i in range(2)]
-            else:
-                keys.append(name)
-        return keys

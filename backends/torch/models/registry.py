@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from quire.backends.torch.model_config import LLAMA_FAMILY, architecture_name
+from quire.models.config import LLAMA_FAMILY, architecture_name
 from quire.backends.torch.models.llama import LlamaForCausalLM
 
 ModelFactory = Callable[..., nn.Module]

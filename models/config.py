@@ -1,16 +1,14 @@
-"""An HF folder's config.json, read into the few numbers a Llama-family model needs, and
-its weight files. No torch here: the tpu backend reads the same folders."""
+"""An architecture's description: config.json (or GGUF metadata) read into the numbers a
+model needs, framework-neutral, shared by the torch and JAX families."""
 
 from __future__ import annotations
 
-import glob
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from quire.core.executor import ModelInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,42 +91,10 @@ def parse_arch_config(raw: dict[str, Any], architecture: str) -> ModelArchConfig
     )
 
 
-def safetensors_files(model_path: str) -> list[str]:
-    index = os.path.join(model_path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        files = [os.path.join(model_path, name) for name in sorted(set(weight_map.values()))]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"shards named in {index} are missing: {missing}")
-        return files
-    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(
-            f"no *.safetensors weights in {model_path!r}; quire reads safetensors "
-            "(convert .bin checkpoints with transformers' save_pretrained)"
-        )
-    return files
-
-
-def inv_frequencies(head_size: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
-    """Rotary inverse frequencies [D/2] (float64): default, linear or llama3 scaling."""
-    inv_freq = 1.0 / theta ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size)
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        return inv_freq
-    if kind == "linear":
-        return inv_freq / scaling["factor"]
-    if kind == "llama3":
-        factor, low, high = scaling["factor"], scaling["low_freq_factor"], \
-            scaling["high_freq_factor"]
-        old_len = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return np.where(is_medium, smoothed, scaled)
-    raise ValueError(f"rope scaling {kind!r} is not supported; supported: default, linear, "
-                     "llama3")
+def model_info(cfg: ModelArchConfig, dtype: str) -> ModelInfo:
+    """What the core needs to know of a loaded model (dtype: the resolved engine dtype)."""
+    return ModelInfo(
+        vocab_size=cfg.vocab_size, max_model_len=cfg.max_position_embeddings,
+        num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_size=cfg.head_size,
+        dtype=dtype, architecture=cfg.architecture,
+    )

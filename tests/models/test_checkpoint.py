@@ -1,4 +1,4 @@
-"""The tpu backend reads safetensors itself (no torch): every dtype it claims, bf16 too."""
+"""The model layer reads safetensors itself (no torch): every dtype it claims, bf16 too."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from quire.backends.tpu.weights import open_checkpoint, read_safetensors
+from quire.models.checkpoint import open_checkpoint, read_safetensors
 
 
 def test_read_safetensors_matches_torch(tmp_path):

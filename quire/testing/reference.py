@@ -1,7 +1,13 @@
-"""The canonical paged attention reference every backend is compared against.
+"""The canonical KV write and paged attention every backend is compared against (the
+conformance kit's oracle), in plain torch.
 
 Dimensions: T tokens, Hq query heads, Hkv KV heads, D head size, N blocks, S block size,
 R sequences, B max blocks per sequence.
+
+The canonical layout: one key cache and one value cache of [N, S, Hkv, D]. Token t of a
+batch lives in slot ``slot_mapping[t] = block_id * S + offset``; block 0 is the null block,
+where padded tokens write (slot 0..S-1) and which no real sequence reads. A backend may keep
+any layout of its own; its ``ops`` module converts to and from this one.
 """
 
 from __future__ import annotations
@@ -48,6 +54,20 @@ def paged_attention(
         out[start:end] = attend(query[start:end], k, v, seq_len - (end - start), scale,
                                 sliding_window, soft_cap).to(query.dtype)
     return out
+
+
+def write_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
+             value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Scatter key/value [T, Hkv, D] into key/value_cache [N, S, Hkv, D] in place, token t at
+    slot slot_mapping[t] [T] (block slot // S, offset slot % S)."""
+    if key.shape != value.shape or key.shape[0] != slot_mapping.shape[0]:
+        raise ValueError(f"key {tuple(key.shape)}, value {tuple(value.shape)} and "
+                         f"slot_mapping {tuple(slot_mapping.shape)} disagree")
+    num_blocks, block_size = key_cache.shape[:2]
+    flat = slot_mapping.long()
+    key_cache.view(num_blocks * block_size, *key_cache.shape[2:])[flat] = key.to(key_cache.dtype)
+    value_cache.view(num_blocks * block_size, *value_cache.shape[2:])[flat] = \
+        value.to(value_cache.dtype)
 
 
 def attend(

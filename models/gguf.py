@@ -2,8 +2,8 @@
 
 A .gguf file carries the config as key/value metadata, the tokenizer (read by transformers
 elsewhere) and tensors, often quantized (Q4_1, Q8_0, ...): they are dequantized here with the
-`gguf` package and cast to the engine dtype by the loader. numpy only (no torch): the tpu
-backend reads GGUF files through it too.
+`gguf` package and cast to the engine dtype by each family's loader. numpy only: both
+families read GGUF files through it.
 """
 
 from __future__ import annotations
