@@ -85,7 +85,11 @@ def build_batch(
     kv_cache: KVCacheManager,
     token_buckets: Sequence[int] = (),
     request_buckets: Sequence[int] = (),
+    block_table_width: int | None = None,
 ) -> Batch:
+    """One step's Batch. Token and request counts pad up to the smallest declared bucket
+    (padding writes to the null block); block_table_width fixes the tables' column count
+    (None: the longest request's block count)."""
     requests = out.requests
     num_reqs = len(requests)
     block_size = kv_cache.block_size
@@ -116,6 +120,11 @@ def build_batch(
 
     block_id_lists = [kv_cache.get_block_ids(r.request_id) for r in requests]
     max_blocks = max((len(b) for b in block_id_lists), default=1) or 1
+    if block_table_width is not None:
+        if max_blocks > block_table_width:
+            raise ValueError(f"a request holds {max_blocks} blocks, more than the fixed "
+                             f"block-table width {block_table_width}")
+        max_blocks = block_table_width
     block_tables = np.zeros((padded_reqs, max_blocks), dtype=np.int32)
     for i, block_ids in enumerate(block_id_lists):
         block_tables[i, : len(block_ids)] = block_ids

@@ -1,4 +1,6 @@
-"""Engine configuration: one frozen dataclass, validated on construction."""
+"""Configuration: frozen, keyword-only dataclasses validated on construction. EngineConfig is
+what a user gives; SchedulerConfig and CacheConfig are what the engine runs with once the
+backend and the model have resolved the defaults."""
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ _DTYPES = ("auto", "float32", "float16", "bfloat16")
 _GiB = 1 << 30
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EngineConfig:
     """Everything the engine needs to start.
 
     model: a Hugging Face model folder (config.json + safetensors + tokenizer) or a .gguf
         file; None means the bundled demo model (quire.default_model).
     backend: backend name ("cpu", ...); None picks from QUIRE_BACKEND, else automatically.
-    dtype: weight/activation dtype; "auto" takes the backend's default for the model.
+    dtype: weight/activation dtype; "auto" takes the checkpoint's when the backend supports
+        it, else the backend's default.
+    block_size: tokens per KV block; None takes 16 when the backend declares it
+        (Capabilities.block_sizes), else the backend's first declared size.
     num_blocks: KV blocks to allocate (block 0 is the null block); None sizes the cache from
         kv_cache_memory_bytes.
     max_model_len: longest sequence (prompt + output); None takes the model's limit.
@@ -26,7 +31,7 @@ class EngineConfig:
     backend: str | None = None
     tokenizer: str | None = None
     dtype: str = "auto"
-    block_size: int = 16
+    block_size: int | None = None
     num_blocks: int | None = None
     kv_cache_memory_bytes: int = 2 * _GiB
     max_num_seqs: int = 256
@@ -39,7 +44,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        _check_positive("block_size", self.block_size)
+        if self.block_size is not None:
+            _check_positive("block_size", self.block_size)
         _check_positive("max_num_seqs", self.max_num_seqs)
         _check_positive("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         if self.num_blocks is not None and self.num_blocks < 2:
@@ -60,6 +66,25 @@ class EngineConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerConfig:
+    """The scheduler's budgets: requests running at once, tokens per step, longest sequence."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    """The paged KV cache: num_blocks blocks (block 0 the null block) of block_size tokens."""
+
+    num_blocks: int
+    block_size: int
+    enable_prefix_caching: bool = True
 
 
 def _check_positive(name: str, value: object) -> None:

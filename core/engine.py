@@ -1,8 +1,11 @@
-"""LLMEngine: add_request / step / abort over the scheduler, KV cache manager and executor."""
+"""LLMEngine: add_request / step / abort over the scheduler, KV cache manager and executor.
+
+Output processing (text, stop strings, logprobs) lives in output_processor.py, the fan-out
+of n > 1 in parallel_sampling.py, the prompt checks in prompt_limits.py.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import time
@@ -12,34 +15,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from quire.core.batch import build_batch
-from quire.core.detokenizer import IncrementalDetokenizer, Tokenizer
-from quire.core.executor import Executor, ModelInfo, ModelOutput
+from quire.core.config import CacheConfig, SchedulerConfig
+from quire.core.detokenizer import Tokenizer
+from quire.core.executor import Executor, ModelInfo
 from quire.core.kv_cache_manager import KVCacheManager
-from quire.core.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from quire.core.request import Request, RequestStatus
+from quire.core.output_processor import OutputProcessor
+from quire.core.outputs import RequestOutput
+from quire.core.parallel_sampling import ParentRequest, fan_out
+from quire.core.prompt_limits import PromptLimits
+from quire.core.request import RequestStatus
 from quire.core.sampling_params import SamplingParams
-from quire.core.scheduler import Scheduler, SchedulerConfig
+from quire.core.scheduler import Scheduler
+from quire.core.sizing import block_table_width
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class _Child:
-    request: Request
-    detokenizer: IncrementalDetokenizer
-    logprobs: list[dict[int, Logprob]] | None
-    cumulative_logprob: float | None
-
-
-@dataclass(slots=True)
-class _Parent:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    children: list[_Child]
-    arrival_time: float
-    error: str | None = None
+STEP_PHASES = ("schedule", "batch", "forward", "logits", "sample", "update", "output")
 
 
 @dataclass(slots=True)
@@ -65,38 +56,37 @@ class LLMEngine:
         tokenizer: Tokenizer,
         model_info: ModelInfo,
         *,
-        num_blocks: int,
-        block_size: int,
-        max_num_seqs: int,
-        max_num_batched_tokens: int,
-        max_model_len: int,
-        enable_prefix_caching: bool = True,
-        enable_chunked_prefill: bool = True,
+        scheduler_config: SchedulerConfig,
+        cache_config: CacheConfig,
+        backend_name: str = "",
     ) -> None:
         self.executor = executor
         self.tokenizer = tokenizer
         self.model_info = model_info
-        self.max_model_len = max_model_len
-        self.kv_cache = KVCacheManager(num_blocks, block_size, enable_prefix_caching)
-        self.scheduler = Scheduler(
-            SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len,
-                            enable_chunked_prefill),
-            self.kv_cache,
-        )
+        self.backend_name = backend_name
+        self.max_model_len = scheduler_config.max_model_len
+        self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
+                                       cache_config.enable_prefix_caching)
+        self.scheduler = Scheduler(scheduler_config, self.kv_cache)
+        self.limits = PromptLimits(
+            vocab_size=model_info.vocab_size, max_model_len=scheduler_config.max_model_len,
+            max_num_batched_tokens=scheduler_config.max_num_batched_tokens,
+            enable_chunked_prefill=scheduler_config.enable_chunked_prefill,
+            block_size=cache_config.block_size,
+            num_usable_blocks=self.kv_cache.num_usable_blocks)
         caps = executor.capabilities()
         self._token_buckets = caps.token_buckets
         self._request_buckets = caps.request_buckets
-        self._parents: dict[str, _Parent] = {}
-        self._child_to_parent: dict[str, tuple[str, int]] = {}
+        self._table_width = block_table_width(
+            self.max_model_len, cache_config.block_size, cache_config.num_blocks
+        ) if caps.fixed_block_table_width else None
+        self.outputs = OutputProcessor(tokenizer)
         self._errored: list[str] = []
         self._ids = itertools.count()
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
-        self.last_model_output: ModelOutput | None = None
         # Seconds spent per phase of step(), summed over the engine's life (profiling).
-        self.step_times: dict[str, float] = dict.fromkeys(
-            ("schedule", "batch", "forward", "logits", "sample", "update", "output"), 0.0)
-        self.backend_name = ""
+        self.step_times: dict[str, float] = dict.fromkeys(STEP_PHASES, 0.0)
 
     # -- requests --------------------------------------------------------------------------
     def add_request(
@@ -111,44 +101,28 @@ class LLMEngine:
         that can never fit the model or the cache finishes with finish_reason "error"."""
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
-        if request_id in self._parents:
+        if request_id in self.outputs:
             raise ValueError(f"request id {request_id!r} is already in use")
         prompt_text, prompt_ids = self._tokenize(prompt)
         arrival = time.monotonic() if arrival_time is None else arrival_time
-        error = self.check_prompt_fits(len(prompt_ids))
+        error = self.limits.why_not_fit(len(prompt_ids))
         max_tokens = self.max_model_len - len(prompt_ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        children = []
-        for i in range(params.n):
-            child_params = params
-            if params.n > 1:
-                seed = None if params.seed is None else params.seed + i
-                child_params = dataclasses.replace(params, n=1, seed=seed)
-            child_id = request_id if params.n == 1 else f"{request_id}#{i}"
-            request = Request(
-                child_id, prompt_ids, child_params, self.tokenizer.eos_token_id,
-                self.kv_cache.block_size, max(max_tokens, 1),
-                extra_keys=(cache_salt,) if cache_salt else (), arrival_time=arrival,
-            )
-            detok = IncrementalDetokenizer(
-                self.tokenizer, prompt_ids, params.skip_special_tokens, params.stop_strings,
-                params.include_stop_str_in_output,
-            )
-            logprobs = [] if params.logprobs is not None else None
-            children.append(_Child(request, detok, logprobs, 0.0 if logprobs is not None else None))
-        parent = _Parent(request_id, prompt_text, prompt_ids, params, children, arrival, error)
-        self._parents[request_id] = parent
+        parent = fan_out(
+            request_id=request_id, prompt=prompt_text, prompt_token_ids=prompt_ids,
+            params=params, tokenizer=self.tokenizer, block_size=self.kv_cache.block_size,
+            max_tokens=max_tokens, arrival_time=arrival, cache_salt=cache_salt, error=error)
+        self.outputs.add(parent)
         if error is not None:
-            for child in children:
+            for child in parent.children:
                 child.request.status = RequestStatus.FINISHED_ERROR
                 child.request.error = error
                 child.request.finished_time = arrival
             self._errored.append(request_id)
             logger.warning("request %s rejected: %s", request_id, error)
             return request_id
-        for i, child in enumerate(children):
-            self._child_to_parent[child.request.request_id] = (request_id, i)
+        for child in parent.children:
             self.scheduler.add_request(child.request)
         return request_id
 
@@ -157,39 +131,36 @@ class LLMEngine:
         if isinstance(request_ids, str):
             request_ids = [request_ids]
         for request_id in request_ids:
-            parent = self._parents.pop(request_id, None)
-            if parent is None:
-                continue
-            child_ids = [c.request.request_id for c in parent.children]
-            self.scheduler.finish_requests(child_ids, RequestStatus.FINISHED_ABORTED)
-            for child_id in child_ids:
-                self._child_to_parent.pop(child_id, None)
+            parent = self.outputs.remove(request_id)
+            if parent is not None:
+                self.scheduler.finish_requests([c.request.request_id for c in parent.children],
+                                               RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._errored) or self.scheduler.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self._parents)
+        return len(self.outputs)
 
     # -- the step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run the executor once, and return outputs for every request that
         changed (cumulative text and tokens so far; finished=True at the end)."""
-        touched: dict[str, _Parent] = {}
+        touched: dict[str, ParentRequest] = {}
         for request_id in self._errored:
-            touched[request_id] = self._parents[request_id]
+            touched[request_id] = self.outputs.get(request_id)
         self._errored.clear()
         if self.scheduler.has_unfinished_requests():
             self._run_once(touched)
         t0 = time.perf_counter()
-        outputs = [self._make_output(p) for p in touched.values()]
+        outputs = [self.outputs.make_output(p) for p in touched.values()]
         for out in outputs:
             if out.finished:
-                self._forget(out.request_id)
+                self.outputs.remove(out.request_id)
         self.step_times["output"] += time.perf_counter() - t0
         return outputs
 
-    def _run_once(self, touched: dict[str, _Parent]) -> None:
+    def _run_once(self, touched: dict[str, ParentRequest]) -> None:
         times, t0 = self.step_times, time.perf_counter()
         sched_out = self.scheduler.schedule()
         t1 = time.perf_counter()
@@ -201,7 +172,8 @@ class LLMEngine:
                 raise RuntimeError("scheduler made no progress with requests waiting; "
                                    f"waiting={self.scheduler.num_waiting}")
             return
-        batch = build_batch(sched_out, self.kv_cache, self._token_buckets, self._request_buckets)
+        batch = build_batch(sched_out, self.kv_cache, self._token_buckets,
+                            self._request_buckets, self._table_width)
         t2 = time.perf_counter()
         times["batch"] += t2 - t1
         model_out = self.executor.execute(batch)
@@ -211,7 +183,6 @@ class LLMEngine:
         times["forward"] += t3 - t2 - logits_time - sample_time
         times["logits"] += logits_time
         times["sample"] += sample_time
-        self.last_model_output = model_out
         self.num_prompt_tokens += sum(
             min(n, max(0, r.num_prompt_tokens - r.num_computed_tokens))
             for r, n in zip(sched_out.requests, sched_out.num_new_tokens)
@@ -222,90 +193,12 @@ class LLMEngine:
         self.num_generation_tokens += len(updated)
         t4 = time.perf_counter()
         times["update"] += t4 - t3
-        stopped: list[str] = []
-        for row, request in enumerate(updated):
-            parent_id, index = self._child_to_parent[request.request_id]
-            parent = self._parents[parent_id]
-            child = parent.children[index]
-            if child.logprobs is not None:
-                self._append_logprobs(child, model_out, row)
-            stop = child.detokenizer.update(request.output_token_ids[-1:])
-            if stop is not None:
-                request.stop_reason = stop
-                if request.is_finished:  # also hit a length limit: the stop string wins
-                    request.status = RequestStatus.FINISHED_STOPPED
-                else:
-                    stopped.append(request.request_id)
-            touched[parent_id] = parent
+        stopped = self.outputs.process(updated, model_out, touched)
         self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
         for request in finished:
-            parent_id, _ = self._child_to_parent[request.request_id]
-            touched[parent_id] = self._parents[parent_id]
+            parent = self.outputs.parent_of(request.request_id)
+            touched[parent.request_id] = parent
         times["output"] += time.perf_counter() - t4
-
-    def _append_logprobs(self, child: _Child, out: ModelOutput, row: int) -> None:
-        assert out.sampled_logprobs is not None and child.logprobs is not None
-        k = child.request.sampling_params.logprobs or 0
-        token_id = child.request.output_token_ids[-1]
-        entry = {token_id: Logprob(float(out.sampled_logprobs[row]))}
-        if k and out.top_token_ids is not None and out.top_logprobs is not None:
-            for rank, (tid, lp) in enumerate(zip(out.top_token_ids[row, :k].tolist(),
-                                                 out.top_logprobs[row, :k].tolist()), start=1):
-                if tid == token_id:
-                    entry[tid].rank = rank
-                else:
-                    entry[tid] = Logprob(lp, rank)
-        for tid, lp in entry.items():
-            lp.decoded_token = self.tokenizer.decode([tid], skip_special_tokens=False)
-        child.logprobs.append(entry)
-        child.cumulative_logprob = (child.cumulative_logprob or 0.0) + entry[token_id].logprob
-
-    def _make_output(self, parent: _Parent) -> RequestOutput:
-        completions = []
-        for i, child in enumerate(parent.children):
-            request = child.request
-            done = request.is_finished
-            if done:
-                child.detokenizer.finish()
-            completions.append(CompletionOutput(
-                index=i,
-                text=child.detokenizer.visible_text(done),
-                token_ids=list(request.output_token_ids),
-                finish_reason=request.status.finish_reason,
-                stop_reason=request.stop_reason,
-                logprobs=child.logprobs,
-                cumulative_logprob=child.cumulative_logprob,
-            ))
-        first = parent.children[0].request
-        finished = all(c.request.is_finished for c in parent.children)
-        metrics = RequestMetrics(
-            arrival_time=parent.arrival_time,
-            first_scheduled_time=first.first_scheduled_time,
-            first_token_time=min((c.request.first_token_time for c in parent.children
-                                  if c.request.first_token_time is not None), default=None),
-            finished_time=max(c.request.finished_time or 0.0 for c in parent.children)
-            if finished else None,
-            num_prompt_tokens=len(parent.prompt_token_ids),
-            num_cached_tokens=max(first.num_cached_tokens, 0),
-            num_generation_tokens=sum(c.request.num_output_tokens for c in parent.children),
-            num_preemptions=sum(c.request.num_preemptions for c in parent.children),
-        )
-        return RequestOutput(
-            request_id=parent.request_id,
-            prompt=parent.prompt,
-            prompt_token_ids=parent.prompt_token_ids,
-            outputs=completions,
-            finished=finished,
-            metrics=metrics,
-            error=parent.error,
-            num_cached_tokens=metrics.num_cached_tokens,
-        )
-
-    def _forget(self, request_id: str) -> None:
-        parent = self._parents.pop(request_id, None)
-        if parent is not None:
-            for child in parent.children:
-                self._child_to_parent.pop(child.request.request_id, None)
 
     # -- helpers ---------------------------------------------------------------------------
     def _tokenize(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
@@ -315,12 +208,7 @@ class LLMEngine:
         elif isinstance(prompt, (list, tuple, np.ndarray)):
             ids = [int(t) for t in prompt]
             text = None
-            vocab = self.model_info.vocab_size
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(
-                    f"prompt token ids must be in [0, {vocab}); got {bad[:5]}"
-                )
+            self.limits.check_token_ids(ids)
         else:
             raise TypeError(
                 f"prompt must be a string or a list of token ids, got {type(prompt).__name__}"
@@ -328,29 +216,6 @@ class LLMEngine:
         if not ids:
             raise ValueError("prompt is empty: give at least one token")
         return text, ids
-
-    def check_prompt_fits(self, num_prompt_tokens: int) -> str | None:
-        """Why a prompt of this length can never run here, or None when it can."""
-        if num_prompt_tokens >= self.max_model_len:
-            return (
-                f"prompt has {num_prompt_tokens} tokens but the model allows at most "
-                f"{self.max_model_len - 1} (max_model_len={self.max_model_len} includes at "
-                "least one generated token); shorten the prompt"
-            )
-        sched = self.scheduler.config
-        if not sched.enable_chunked_prefill and num_prompt_tokens > sched.max_num_batched_tokens:
-            return (
-                f"prompt has {num_prompt_tokens} tokens, more than max_num_batched_tokens="
-                f"{sched.max_num_batched_tokens}, and chunked prefill is off; enable chunked "
-                "prefill or raise max_num_batched_tokens"
-            )
-        needed = self.kv_cache.num_blocks_for(num_prompt_tokens + 1)
-        if needed > self.kv_cache.num_usable_blocks:
-            return (
-                f"prompt needs {needed} KV blocks but the cache holds only "
-                f"{self.kv_cache.num_usable_blocks}; give the KV cache more memory"
-            )
-        return None
 
     def stats(self) -> EngineStats:
         kv = self.kv_cache.stats()

@@ -1,4 +1,15 @@
-"""The contract between the core and a backend. Nothing framework-specific lives here."""
+"""The contract between the core and a backend. Nothing framework-specific lives here.
+
+A backend implements ``Executor``; the core calls it in this order::
+
+    cls.capabilities()                       static facts, before anything is built
+    ex = cls(config, extra_models)
+    info = ex.load_model(path, dtype)        sets ex.info and returns it
+    n = ex.profile_num_blocks(block_size, memory_bytes)   unless config.num_blocks is set
+    ex.allocate_kv_cache(n, block_size)
+    ex.execute(batch) -> ModelOutput         once per engine step
+    ex.shutdown()
+"""
 
 from __future__ import annotations
 
@@ -9,22 +20,41 @@ import numpy as np
 
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
+from quire.core.sizing import kv_cache_bytes_per_block
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Capabilities:
-    """What a backend supports. Empty bucket tuples mean "any shape, no padding"."""
+    """What a backend supports; read before the model is loaded and must touch no device.
+
+    dtypes: engine dtypes it runs ("float32", "bfloat16", "float16"); default_dtype is used
+        when the checkpoint's own dtype is not among them.
+    block_sizes: KV block sizes it accepts; the engine's default is 16 when listed, else
+        the first one.
+    head_sizes: head sizes its kernels handle (None: any).
+    token_buckets / request_buckets: static shapes. The core pads each step's token count
+        and request count up to the smallest bucket that holds it (padded tokens write to
+        the null block, padded requests have no tokens); empty means no padding.
+    max_num_seqs: a cap on requests per step (None: the user's setting).
+    fixed_block_table_width: True when Batch.block_tables must always have the same width
+        (cdiv(max_model_len, block_size), at most num_blocks - 1), e.g. for compiled shapes.
+    """
 
     dtypes: tuple[str, ...]
     default_dtype: str
     block_sizes: tuple[int, ...]
-    head_sizes: tuple[int, ...] | None = None  # None: any
+    head_sizes: tuple[int, ...] | None = None
     token_buckets: tuple[int, ...] = ()
     request_buckets: tuple[int, ...] = ()
     max_num_seqs: int | None = None
+    fixed_block_table_width: bool = False
+
+    @property
+    def default_block_size(self) -> int:
+        return 16 if 16 in self.block_sizes else self.block_sizes[0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelInfo:
     """What the core needs to know of the loaded model."""
 
@@ -57,10 +87,12 @@ class Executor(ABC):
     """
 
     def __init__(self, config: EngineConfig, extra_models: dict | None = None) -> None:
-        """extra_models: architectures registered by plugins ({architectures[0]: factory});
-        what a factory is depends on the backend family."""
+        """config: the user's EngineConfig (seed, max_model_len, ...). extra_models:
+        architectures registered by plugins ({architectures[0]: factory}); what a factory is
+        depends on the backend family."""
         self.config = config
         self.extra_models = dict(extra_models or {})
+        self.info: ModelInfo | None = None
 
     @classmethod
     @abstractmethod
@@ -69,11 +101,16 @@ class Executor(ABC):
 
     @abstractmethod
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
-        """Read an HF model folder (config.json + safetensors) and build the model."""
+        """Read an HF model folder (config.json + safetensors) or a .gguf file and build the
+        model. dtype is "auto" or one of capabilities().dtypes (quire.core.sizing.
+        resolve_dtype settles "auto"). Sets self.info and returns it."""
 
-    @abstractmethod
     def kv_cache_bytes_per_block(self, block_size: int) -> int:
-        """Bytes one KV block takes across all layers (keys and values)."""
+        """Bytes one KV block takes across all layers (keys and values). The default counts
+        keys and values in the model's dtype; override for another layout (e.g. 8-bit)."""
+        if self.info is None:
+            raise RuntimeError("load_model must run (and set self.info) first")
+        return kv_cache_bytes_per_block(self.info, block_size)
 
     def profile_num_blocks(self, block_size: int, memory_bytes: int) -> int:
         """How many blocks fit in memory_bytes (including the null block)."""
@@ -85,7 +122,8 @@ class Executor(ABC):
 
     @abstractmethod
     def execute(self, batch: Batch) -> ModelOutput:
-        """Run the forward pass over the packed batch and sample one token per sampled row."""
+        """Run the forward pass over the packed batch and sample one token per sampled row
+        (the rows of batch.logits_indices, in that order)."""
 
     def shutdown(self) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Release weights and cache."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from quire.core.block_pool import BlockPool, KVBlock
 from quire.core.request import Request
+from quire.core.sizing import cdiv
 
 
 @dataclass(slots=True)
@@ -40,7 +41,7 @@ class KVCacheManager:
         return self.pool.num_usable_blocks
 
     def num_blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return cdiv(num_tokens, self.block_size)
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
         """Longest cached prefix of a request that has not started: (blocks, num_tokens).

@@ -52,6 +52,7 @@ class Request:
 
     def __init__(
         self,
+        *,
         request_id: str,
         prompt_token_ids: list[int],
         sampling_params: SamplingParams,

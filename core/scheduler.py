@@ -12,18 +12,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from quire.core.config import SchedulerConfig
 from quire.core.kv_cache_manager import KVCacheManager
 from quire.core.request import Request, RequestStatus
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class SchedulerConfig:
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
-    enable_chunked_prefill: bool = True
 
 
 @dataclass(slots=True)

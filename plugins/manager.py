@@ -62,6 +62,14 @@ class QuirePlugins:
                                                 _probe(spec))
         return sorted(seen.values(), key=lambda s: (-s.spec.priority, s.spec.name))
 
+    def logger_names(self) -> list[str]:
+        """Top-level package of every registered plugin: where their loggers live."""
+        names = set()
+        for plugin in self.pm.get_plugins():
+            module = getattr(plugin, "__name__", None) or type(plugin).__module__
+            names.add(module.split(".")[0])
+        return sorted(names)
+
     def models(self) -> dict[str, Callable]:
         found: dict[str, Callable] = {}
         for _, models in self._call_each("quire_register_models"):
@@ -86,8 +94,9 @@ def load_plugins(
 ) -> QuirePlugins:
     """A fresh plugin manager with the built-in plugins and the installed entry points.
 
-    QUIRE_PLUGINS (comma-separated entry-point names) limits which external plugins load;
-    empty or unset loads all of them."""
+    QUIRE_PLUGINS (comma-separated) limits which external plugins load: each name matches
+    an entry point's name or its distribution's name (backend names are only known once a
+    plugin has loaded). Empty or unset loads all of them; built-ins always load."""
     env = os.environ if env is None else env
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -99,7 +108,8 @@ def load_plugins(
     if entry_points is None:
         entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     for ep in entry_points:
-        if allowed and ep.name not in allowed:
+        dist = ep.dist.name if ep.dist is not None else None
+        if allowed and ep.name not in allowed and dist not in allowed:
             continue
         try:
             pm.register(ep.load(), name=ep.name)
@@ -108,11 +118,14 @@ def load_plugins(
             logger.warning("plugin %s skipped: %s", ep.name, msg)
             plugins.errors.append(PluginError(ep.name, msg))
             continue
-        plugins.packages[ep.name] = ep.dist.name if ep.dist is not None else "?"
+        plugins.packages[ep.name] = dist or "?"
     return plugins
 
 
 def _probe(spec: BackendSpec) -> Availability:
+    if not spec.api_version:
+        return Availability(False, "the plugin does not declare BackendSpec.api_version; "
+                                   "set api_version=quire.plugins.PLUGIN_API_VERSION")
     major = spec.api_version.split(".")[0]
     if major != PLUGIN_API_VERSION.split(".")[0]:
         return Availability(False, f"built for plugin API {spec.api_version}, quire speaks "

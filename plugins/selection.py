@@ -34,22 +34,29 @@ def select_backend(plugins: QuirePlugins, requested: str | None = None,
 
 
 def load_factory(status: BackendStatus) -> type:
+    """Import the backend's Executor class. Any failure (an ImportError, or anything the
+    module raises while importing) becomes one ValueError naming the backend and plugin."""
     module_name, _, attr = status.spec.factory.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"backend {status.spec.name!r} (from {status.plugin}) could not be "
-                         f"loaded from {status.spec.factory!r}: {exc}") from exc
+        factory = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:
+        raise ValueError(f"backend {status.spec.name!r} (plugin {status.plugin!r}, package "
+                         f"{status.package}) could not be loaded from "
+                         f"{status.spec.factory!r}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(factory, type):
+        raise ValueError(f"backend {status.spec.name!r}: {status.spec.factory!r} is not a "
+                         "class (BackendSpec.factory names an Executor subclass)")
+    return factory
 
 
 def describe(plugins: QuirePlugins, table: list[BackendStatus] | None = None) -> str:
-    """The table users see: name, available, reason, priority, package."""
+    """The table users see: name, available, priority, package, plugin, reason."""
     table = plugins.backends() if table is None else table
-    rows = [("backend", "available", "priority", "package", "reason")]
+    rows = [("backend", "available", "priority", "package", "plugin", "reason")]
     for s in table:
         rows.append((s.spec.name, "yes" if s.availability else "no", str(s.spec.priority),
-                     s.package, s.availability.reason or s.spec.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+                     s.package, s.plugin, s.availability.reason or s.spec.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
     lines += [f"plugin {e.plugin!r} was skipped: {e.error}" for e in plugins.errors]
     return "\n".join(lines)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pluggy
 
 PROJECT_NAME = "quire"
-# major.minor: a plugin built for another major version is refused.
-PLUGIN_API_VERSION = "1.0"
+# major.minor: a plugin built for another major version is refused. 1.1: api_version must
+# be declared (a spec without it is reported unavailable).
+PLUGIN_API_VERSION = "1.1"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -41,9 +42,13 @@ class BackendSpec:
     ops: "module" exposing the canonical-layout kernels the conformance kit checks:
         paged_attention(query, key_cache, value_cache, block_tables, query_start_loc,
         seq_lens, scale, sliding_window=None, soft_cap=None) and
-        write_kv(key, value, key_cache, value_cache, slot_mapping); tensors of the backend's
-        framework, layout as in quire.testing.reference.
-    api_version: the PLUGIN_API_VERSION the plugin was built against.
+        write_kv(key, value, key_cache, value_cache, slot_mapping), with the signatures,
+        shapes and slot rule of quire.testing.reference (CPU torch tensors in; return a
+        torch tensor or anything numpy can read). Raise NotImplementedError for a feature
+        the backend lacks (e.g. soft_cap): the kit reports it as skipped.
+    api_version: the PLUGIN_API_VERSION the plugin was built against (required: write
+        ``api_version=quire.plugins.PLUGIN_API_VERSION`` when you build the plugin; a spec
+        without it is reported unavailable, one of another major version is refused).
     """
 
     name: str
@@ -53,4 +58,4 @@ class BackendSpec:
     explicit_only: bool = False
     description: str = ""
     ops: str | None = None
-    api_version: str = PLUGIN_API_VERSION
+    api_version: str | None = None

@@ -1,4 +1,4 @@
-"""The `quire` command: generate, backends."""
+"""The `quire` command: generate, serve, chat, bench, backends."""
 
 from __future__ import annotations
 
@@ -7,48 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from quire.core.config import EngineConfig
-
-_GiB = 1 << 30
-
-
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("engine")
-    g.add_argument("--model", help="Hugging Face model folder (config.json + safetensors) or "
-                                   ".gguf file; default: the bundled SmolLM2-135M-Instruct")
-    g.add_argument("--backend", default=None,
-                   help="backend name (see `quire backends`); default: $QUIRE_BACKEND, else "
-                        "the best available")
-    g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
-    g.add_argument("--dtype", default="auto",
-                   choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights and activations (auto: the model's, else the backend's)")
-    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-    g.add_argument("--num-blocks", type=int, default=None,
-                   help="KV blocks to allocate (default: from --kv-cache-gib)")
-    g.add_argument("--kv-cache-gib", type=float, default=2.0, help="KV cache memory budget")
-    g.add_argument("--max-num-seqs", type=int, default=256,
-                   help="requests running at once")
-    g.add_argument("--max-num-batched-tokens", type=int, default=None,
-                   help="token budget of one step (default 2048)")
-    g.add_argument("--max-model-len", type=int, default=None,
-                   help="longest prompt + output (default: the model's, capped by the cache)")
-    g.add_argument("--no-prefix-caching", action="store_true",
-                   help="disable automatic prefix caching")
-    g.add_argument("--no-chunked-prefill", action="store_true",
-                   help="never split a prompt across steps")
-    g.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling")
-
-
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(
-        model=args.model, backend=args.backend, tokenizer=args.tokenizer, dtype=args.dtype,
-        block_size=args.block_size, num_blocks=args.num_blocks,
-        kv_cache_memory_bytes=int(args.kv_cache_gib * _GiB), max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        enable_prefix_caching=not args.no_prefix_caching,
-        enable_chunked_prefill=not args.no_chunked_prefill, seed=args.seed,
-    )
+from quire.bench.commands import add_bench_parser
+from quire.engine_args import add_engine_args, engine_config
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -70,16 +30,29 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
+    """The table; exit 1 when no backend (or not the named one) can be selected, and with
+    --check also when the chosen backend's executor cannot be imported."""
     from quire.plugins.manager import load_plugins
-    from quire.plugins.selection import describe, select_backend
+    from quire.plugins.selection import describe, load_factory, select_backend
 
     plugins = load_plugins()
-    print(describe(plugins))
+    sys.stdout.write(describe(plugins) + "\n")
     try:
         chosen = select_backend(plugins, args.backend)
-        print(f"\nselected: {chosen.spec.name}")
     except ValueError as exc:
-        print(f"\nno selection: {str(exc).splitlines()[0]}")
+        sys.stdout.write(f"\nno selection: {str(exc).splitlines()[0]}\n")
+        return 1
+    sys.stdout.write(f"\nselected: {chosen.spec.name}\n")
+    if args.check:
+        try:
+            executor_cls = load_factory(chosen)
+            caps = executor_cls.capabilities()
+        except Exception as exc:  # the check's whole point: report, exit non-zero
+            sys.stdout.write(f"check failed: {exc}\n")
+            return 1
+        sys.stdout.write(f"check passed: {chosen.spec.factory} imports; dtypes "
+                         f"{', '.join(caps.dtypes)}; block sizes "
+                         f"{', '.join(map(str, caps.block_sizes))}\n")
     return 0
 
 
@@ -119,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-waiting-requests", type=int, default=None,
                      help="answer 503 when this many requests are already waiting "
                           "(default: no limit)")
+    srv.add_argument("--api-key", default=None,
+                     help="require `Authorization: Bearer KEY` on every /v1 route "
+                          "(default: $QUIRE_API_KEY; unset: no key)")
+    srv.add_argument("--max-request-bytes", type=int, default=8 << 20,
+                     help="answer 413 to larger request bodies (default 8 MiB)")
     srv.set_defaults(func=_cmd_serve)
 
     chat = sub.add_parser("chat", help="chat with a model in the terminal",
@@ -131,12 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float, default=0.9, help="nucleus mass (1 = off)")
     chat.set_defaults(func=_cmd_chat)
 
-    from quire.bench.commands import add_bench_parser
-
-    add_bench_parser(sub, add_engine_args)
+    add_bench_parser(sub)
 
     be = sub.add_parser("backends", help="list registered backends and their availability")
     be.add_argument("--backend", default=None, help="check that this backend can be selected")
+    be.add_argument("--check", action="store_true",
+                    help="also import the selected backend's executor and read its "
+                         "capabilities; exit 1 on any failure (for scripts and CI)")
     be.set_defaults(func=_cmd_backends)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from quire.core.config import EngineConfig
+from quire.core.config import CacheConfig, EngineConfig, SchedulerConfig
 from quire.core.engine import LLMEngine
 from quire.default_model import resolve_model
 from quire.plugins.manager import QuirePlugins, load_plugins
@@ -16,27 +16,28 @@ logger = logging.getLogger("quire")
 
 
 def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> LLMEngine:
-    _ensure_logging()
+    plugins = plugins or load_plugins()
+    _ensure_logging(plugins.logger_names())
     if not config.model:
         config = dataclasses.replace(config, model=resolve_model(None))
         logger.info("no model given: using the bundled demo model %s", config.model)
-    plugins = plugins or load_plugins()
     status = select_backend(plugins, config.backend)
     executor_cls = load_factory(status)
     caps = executor_cls.capabilities()
-    if config.block_size not in caps.block_sizes:
-        raise ValueError(f"block_size {config.block_size} is not supported by backend "
+    block_size = config.block_size or caps.default_block_size
+    if block_size not in caps.block_sizes:
+        raise ValueError(f"block_size {block_size} is not supported by backend "
                          f"{status.spec.name!r}; choose one of {caps.block_sizes}")
     executor = executor_cls(config, plugins.models())
     info = executor.load_model(config.model, config.dtype)
     num_blocks = config.num_blocks or executor.profile_num_blocks(
-        config.block_size, config.kv_cache_memory_bytes)
-    capacity = (num_blocks - 1) * config.block_size
+        block_size, config.kv_cache_memory_bytes)
+    capacity = (num_blocks - 1) * block_size
     max_model_len = _max_model_len(config, info.max_model_len, capacity)
-    executor.allocate_kv_cache(num_blocks, config.block_size)
-    gib = num_blocks * executor.kv_cache_bytes_per_block(config.block_size) / (1 << 30)
+    executor.allocate_kv_cache(num_blocks, block_size)
+    gib = num_blocks * executor.kv_cache_bytes_per_block(block_size) / (1 << 30)
     logger.info("backend %s; KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB); "
-                "max_model_len %d", status.spec.name, num_blocks, config.block_size, capacity,
+                "max_model_len %d", status.spec.name, num_blocks, block_size, capacity,
                 gib, max_model_len)
     tokenizer = HFTokenizer.from_pretrained(config.tokenizer or config.model)
     max_seqs = min(config.max_num_seqs, caps.max_num_seqs or config.max_num_seqs)
@@ -47,29 +48,31 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
         max_tokens = max(caps.token_buckets)
     if caps.request_buckets:
         max_seqs = min(max_seqs, max(caps.request_buckets))
-    engine = LLMEngine(
+    return LLMEngine(
         executor, tokenizer, info,
-        num_blocks=num_blocks,
-        block_size=config.block_size,
-        max_num_seqs=max_seqs,
-        max_num_batched_tokens=max_tokens,
-        max_model_len=max_model_len,
-        enable_prefix_caching=config.enable_prefix_caching,
-        enable_chunked_prefill=config.enable_chunked_prefill,
+        scheduler_config=SchedulerConfig(
+            max_num_seqs=max_seqs, max_num_batched_tokens=max_tokens,
+            max_model_len=max_model_len, enable_chunked_prefill=config.enable_chunked_prefill),
+        cache_config=CacheConfig(num_blocks=num_blocks, block_size=block_size,
+                                 enable_prefix_caching=config.enable_prefix_caching),
+        backend_name=status.spec.name,
     )
-    engine.backend_name = status.spec.name
-    return engine
 
 
-def _ensure_logging() -> None:
-    """Show quire's start-up report (INFO) when the application configured no logging."""
-    if logging.getLogger().handlers or logger.handlers:
+def _ensure_logging(plugin_loggers: list[str]) -> None:
+    """Show quire's start-up report (INFO), and what plugins log, when the application
+    configured no logging of its own."""
+    if logging.getLogger().handlers:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+    for name in ["quire", *plugin_loggers]:
+        target = logging.getLogger(name)
+        if target.handlers:
+            continue
+        target.addHandler(handler)
+        if target.level == logging.NOTSET:
+            target.setLevel(logging.INFO)
 
 
 def _max_model_len(config: EngineConfig, model_limit: int, capacity: int) -> int:

@@ -9,8 +9,11 @@ from quire.core.config import EngineConfig
 from quire.core.outputs import RequestOutput
 from quire.core.sampling_params import SamplingParams
 
-Prompt = str | Sequence[int]
+# vLLM's prompt forms: text, token ids, {"prompt": text} or {"prompt_token_ids": ids}
+# (TextPrompt / TokensPrompt), either dict optionally with "cache_salt".
+Prompt = str | Sequence[int] | dict[str, Any]
 Message = dict[str, Any]
+_PROMPT_KEYS = {"prompt", "prompt_token_ids", "cache_salt"}
 
 
 class LLM:
@@ -41,13 +44,14 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); outputs come back in input order."""
-        prompt_list = _as_prompt_list(prompts)
+        """Generate for every prompt (text, token ids, or vLLM's {"prompt": ...} /
+        {"prompt_token_ids": [...]} dicts); outputs come back in input order."""
+        prompt_list = [_unpack_prompt(p) for p in _as_prompt_list(prompts)]
         params = _as_params_list(sampling_params, len(prompt_list))
         ids = []
         try:
-            for prompt, p in zip(prompt_list, params):
-                ids.append(self.engine.add_request(prompt, p))
+            for (prompt, salt), p in zip(prompt_list, params):
+                ids.append(self.engine.add_request(prompt, p, cache_salt=salt))
         except Exception:
             self.engine.abort_request(ids)
             raise
@@ -95,16 +99,35 @@ class LLM:
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, str):
+    if isinstance(prompts, (str, dict)):
         return [prompts]
     prompts = list(prompts)
     if prompts and all(isinstance(t, int) for t in prompts):
         return [prompts]  # one prompt given as token ids
     for p in prompts:
-        if not isinstance(p, (str, list, tuple)):
-            raise TypeError(f"each prompt must be a string or a list of token ids, got "
-                            f"{type(p).__name__}")
+        if not isinstance(p, (str, list, tuple, dict)):
+            raise TypeError(f"each prompt must be a string, a list of token ids or a dict "
+                            f"with 'prompt' or 'prompt_token_ids', got {type(p).__name__}")
     return prompts
+
+
+def _unpack_prompt(prompt: Prompt) -> tuple[str | Sequence[int], str | None]:
+    """(text or token ids, cache salt) of one prompt in any accepted form."""
+    if not isinstance(prompt, dict):
+        return prompt, None  # type: ignore[return-value]
+    unknown = sorted(set(prompt) - _PROMPT_KEYS)
+    if unknown:
+        raise ValueError(f"prompt dict has unsupported key(s) {unknown}; quire accepts "
+                         f"{sorted(_PROMPT_KEYS)} (text-only models)")
+    if ("prompt" in prompt) == ("prompt_token_ids" in prompt):
+        raise ValueError("a prompt dict needs exactly one of 'prompt' (text) or "
+                         "'prompt_token_ids' (a list of token ids)")
+    text_or_ids = prompt["prompt"] if "prompt" in prompt else prompt["prompt_token_ids"]
+    if "prompt" in prompt and not isinstance(text_or_ids, str):
+        raise TypeError("'prompt' must be a string; pass token ids as 'prompt_token_ids'")
+    if "prompt_token_ids" in prompt and not isinstance(text_or_ids, (list, tuple)):
+        raise TypeError("'prompt_token_ids' must be a list of ints")
+    return text_or_ids, prompt.get("cache_salt")
 
 
 def _as_params_list(params: SamplingParams | Sequence[SamplingParams] | None,

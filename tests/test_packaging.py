@@ -18,7 +18,8 @@ def test_wheel_maps_top_level_folders_into_quire(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("quire-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("quire/core/engine.py", "quire/plugins/manager.py",
-                     "quire/testing/reference.py", "quire/models/weight_map.py", "quire/backends/torch/models/llama.py"):
+                     "quire/testing/reference.py", "quire/models/weight_map.py",
+                     "quire/backends/torch/models/llama.py"):
         assert expected in names
     assert not any(n.startswith(("core/", "plugins/", "backends/", "tests/")) for n in names)
     site = tmp_path / "site"

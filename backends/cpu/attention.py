@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from quire.backends.cpu import native
-from quire.testing.reference import attend
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.workspace import Workspace
+from quire.testing.reference import attend
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from quire.plugins import Availability, BackendSpec, hookimpl
+from quire.plugins import PLUGIN_API_VERSION, Availability, BackendSpec, hookimpl
 
 
 def _torch_installed() -> Availability:
@@ -16,6 +16,7 @@ def _torch_installed() -> Availability:
 @hookimpl
 def quire_register_backends() -> list[BackendSpec]:
     return [BackendSpec(
+        api_version=PLUGIN_API_VERSION,
         name="cpu",
         factory="quire.backends.cpu.executor:CpuExecutor",
         priority=10,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quire.plugins import BackendSpec, hookimpl
+from quire.plugins import PLUGIN_API_VERSION, BackendSpec, hookimpl
 
 
 def _available():
@@ -14,6 +14,7 @@ def _available():
 @hookimpl
 def quire_register_backends() -> list[BackendSpec]:
     return [BackendSpec(
+        api_version=PLUGIN_API_VERSION,
         name="rocm",
         factory="quire.backends.rocm.executor:RocmExecutor",
         priority=50,

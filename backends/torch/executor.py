@@ -11,13 +11,14 @@ import torch
 
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.loader import open_checkpoint
-from quire.models.config import model_info, parse_arch_config
 from quire.backends.torch.models.registry import ModelFactory, resolve_architecture
 from quire.backends.torch.sampler import Sampler
 from quire.backends.torch.workspace import Workspace
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Executor, ModelInfo, ModelOutput
+from quire.core.sizing import resolve_dtype
+from quire.models.config import model_info, parse_arch_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,24 +36,13 @@ class TorchExecutor(Executor):
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler(config.seed)
         self.workspace = Workspace(self.device)
-        self.info: ModelInfo | None = None
-
-    def resolve_dtype(self, requested: str, config_dtype: str | None) -> str:
-        if requested != "auto":
-            if requested not in self.capabilities().dtypes:
-                raise ValueError(f"dtype {requested!r} is not supported by this backend; "
-                                 f"supported: {self.capabilities().dtypes}")
-            return requested
-        if config_dtype in self.capabilities().dtypes:
-            return config_dtype
-        return self.capabilities().default_dtype
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
         start = time.perf_counter()
         raw, weights = open_checkpoint(model_path)
         arch, factory = resolve_architecture(raw, self.extra_models)
         cfg = parse_arch_config(raw, arch)
-        dtype = self.resolve_dtype(dtype, cfg.torch_dtype)
+        dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
         max_len = self.config.max_model_len or cfg.max_position_embeddings
         torch.manual_seed(self.config.seed)
         with self.device:
@@ -63,12 +53,6 @@ class TorchExecutor(Executor):
         logger.info("loaded %s (%s) from %s in %.1fs", arch, dtype, model_path,
                     time.perf_counter() - start)
         return self.info
-
-    def kv_cache_bytes_per_block(self, block_size: int) -> int:
-        assert self.info is not None, "load_model first"
-        elem = torch.tensor([], dtype=TORCH_DTYPES[self.info.dtype]).element_size()
-        return 2 * self.info.num_layers * block_size * self.info.num_kv_heads * \
-            self.info.head_size * elem
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         assert self.info is not None, "load_model first"

@@ -23,6 +23,7 @@ from quire.backends.tpu.sampler import host_rows, sample
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
+from quire.core.sizing import resolve_dtype
 from quire.models.config import (
     LLAMA_FAMILY,
     ModelArchConfig,
@@ -46,9 +47,7 @@ class TpuExecutor(Executor):
         self.kernel_params = KernelParams()
         self.params: llama.Params | None = None
         self.kv_caches: list[llama.KVCache] = []
-        self.info: ModelInfo | None = None
         self.cfg: ModelArchConfig | None = None
-        self.max_pages = 0
         self._step = None
         self._key = jax.random.key(config.seed)
         if jax.default_backend() != "tpu":
@@ -65,6 +64,7 @@ class TpuExecutor(Executor):
             token_buckets=TOKEN_BUCKETS,
             request_buckets=REQUEST_BUCKETS,
             max_num_seqs=REQUEST_BUCKETS[-1],
+            fixed_block_table_width=True,  # one compiled shape per bucket pair
         )
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
@@ -73,16 +73,18 @@ class TpuExecutor(Executor):
         start = time.perf_counter()
         raw, weights = open_checkpoint(model_path)
         arch = architecture_name(raw)
+        if arch in self.extra_models and arch not in LLAMA_FAMILY:
+            raise ValueError(f"model architecture {arch!r} comes from a plugin "
+                             "(quire_register_models), which registers torch modules; the tpu "
+                             "backend runs only its built-in JAX models "
+                             f"({', '.join(LLAMA_FAMILY)}). Serve it on a torch-family backend "
+                             "such as --backend cpu")
         if arch not in LLAMA_FAMILY:
             raise ValueError(f"model architecture {arch or raw.get('model_type')!r} is not "
                              f"supported by the tpu backend; supported: "
                              f"{', '.join(LLAMA_FAMILY)}")
         cfg = parse_arch_config(raw, arch)
-        if dtype == "auto":
-            dtype = cfg.torch_dtype if cfg.torch_dtype in JAX_DTYPES else "bfloat16"
-        if dtype not in JAX_DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported by the tpu backend; "
-                             f"supported: {tuple(JAX_DTYPES)}")
+        dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
         self.params = llama.load_params(cfg, weights, JAX_DTYPES[dtype])
         self.cfg = cfg
         self.info = model_info(cfg, dtype)
@@ -90,21 +92,12 @@ class TpuExecutor(Executor):
                     time.perf_counter() - start, jax.devices()[0].platform)
         return self.info
 
-    def kv_cache_bytes_per_block(self, block_size: int) -> int:
-        assert self.info is not None, "load_model first"
-        elem = jnp.dtype(JAX_DTYPES[self.info.dtype]).itemsize
-        return 2 * self.info.num_layers * block_size * self.info.num_kv_heads * \
-            self.info.head_size * elem
-
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         assert self.info is not None and self.cfg is not None, "load_model first"
         shape = (self.info.num_kv_heads, num_blocks, block_size, self.info.head_size)
         dtype = JAX_DTYPES[self.info.dtype]
         self.kv_caches = [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
                           for _ in range(self.info.num_layers)]
-        # Block tables always have this width, so it never adds a compilation.
-        max_len = self.config.max_model_len or self.info.max_model_len
-        self.max_pages = min(-(-max_len // block_size), num_blocks - 1)
         attention = make_attention(self.attention_choice, self.cfg.head_size**-0.5,
                                    self.cfg.sliding_window, None, self.kernel_params)
         forward = functools.partial(llama.forward, cfg=self.cfg, attention=attention,
@@ -116,11 +109,9 @@ class TpuExecutor(Executor):
             "load_model and allocate_kv_cache first"
         t0 = time.perf_counter()
         num_rows = len(batch.query_start_loc) - 1
-        tables = np.zeros((num_rows, self.max_pages), np.int32)
-        width = min(batch.block_tables.shape[1], self.max_pages)
-        tables[:, :width] = batch.block_tables[:, :width]
-        md = build_metadata(batch.query_start_loc, batch.seq_lens, tables, batch.slot_mapping,
-                            self.kernel_params.query_block)
+        # Capabilities.fixed_block_table_width: the tables' width never adds a compilation.
+        md = build_metadata(batch.query_start_loc, batch.seq_lens, batch.block_tables,
+                            batch.slot_mapping, self.kernel_params.query_block)
         num_sampled = len(batch.logits_indices)
         logits_indices = np.zeros(num_rows, np.int32)
         logits_indices[:num_sampled] = batch.logits_indices

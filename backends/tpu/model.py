@@ -53,7 +53,8 @@ def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
     x = params["embed"][input_ids]
     new_caches = []
     for layer, (k_cache, v_cache) in zip(params["layers"], kv_caches):
-        qkv = rms_norm(x, layer["input_layernorm.weight"], cfg.rms_norm_eps) @ layer["qkv_proj.weight"]
+        h = rms_norm(x, layer["input_layernorm.weight"], cfg.rms_norm_eps)
+        qkv = h @ layer["qkv_proj.weight"]
         if "qkv_proj.bias" in layer:
             qkv = qkv + layer["qkv_proj.bias"]
         q = qkv[:, : hq * d].reshape(num_tokens, hq, d)
@@ -66,7 +67,8 @@ def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
         k_cache, v_cache = write_kv(k, v, k_cache, v_cache, md.slot_mapping)
         attn = attention(q, k_cache, v_cache, md)
         x = x + attn.reshape(num_tokens, hq * d) @ layer["o_proj.weight"]
-        gate_up = rms_norm(x, layer["post_attention_layernorm.weight"], cfg.rms_norm_eps) @ layer["gate_up_proj.weight"]
+        h = rms_norm(x, layer["post_attention_layernorm.weight"], cfg.rms_norm_eps)
+        gate_up = h @ layer["gate_up_proj.weight"]
         gate, up = jnp.split(gate_up, 2, axis=-1)
         x = x + (jax.nn.silu(gate) * up) @ layer["down_proj.weight"]
         new_caches.append((k_cache, v_cache))

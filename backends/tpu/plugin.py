@@ -7,7 +7,7 @@ import glob
 import importlib.util
 import os
 
-from quire.plugins import Availability, BackendSpec, hookimpl
+from quire.plugins import PLUGIN_API_VERSION, Availability, BackendSpec, hookimpl
 
 
 def tpu_present() -> bool:
@@ -31,6 +31,7 @@ def _available() -> Availability:
 @hookimpl
 def quire_register_backends() -> list[BackendSpec]:
     return [BackendSpec(
+        api_version=PLUGIN_API_VERSION,
         name="tpu",
         factory="quire.backends.tpu.executor:TpuExecutor",
         priority=30,

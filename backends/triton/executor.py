@@ -18,6 +18,7 @@ from quire.backends.triton.config import KernelConfig, interpreting
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, ModelOutput
+from quire.core.sizing import block_table_width
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class GpuExecutor(TorchExecutor):
 
             assert self.info is not None
             max_len = self.config.max_model_len or self.info.max_model_len
-            max_pages = min(-(-max_len // block_size), num_blocks - 1)
+            max_pages = block_table_width(max_len, block_size, num_blocks)
             self.graphs = DecodeGraphs(self.model, self.kv_caches, GRAPH_BUCKETS, max_pages,
                                        max_len, self.device)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from quire.plugins import Availability, BackendSpec, hookimpl
+from quire.plugins import PLUGIN_API_VERSION, Availability, BackendSpec, hookimpl
 
 
 def _available() -> Availability:
@@ -25,6 +25,7 @@ def _available() -> Availability:
 @hookimpl
 def quire_register_backends() -> list[BackendSpec]:
     return [BackendSpec(
+        api_version=PLUGIN_API_VERSION,
         name="triton-interpret",
         factory="quire.backends.triton.executor:TritonInterpretExecutor",
         priority=0,

@@ -10,11 +10,12 @@ from typing import Any
 from quire.bench import report
 from quire.bench.quire_runner import run_quire
 from quire.bench.workload import fixed, shared_prefix, sharegpt_like
+from quire.engine_args import add_engine_args, engine_config
 
 BENCH_MODEL_DIR = ".bench-model"
 
 
-def add_bench_parser(sub: argparse._SubParsersAction, add_engine_args) -> None:
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: throughput, latency, serve, prefix")
     kinds = bench.add_subparsers(dest="bench_kind", required=True)
 
@@ -82,7 +83,6 @@ def bench_model(args: argparse.Namespace) -> str:
 
 
 def _llm(args: argparse.Namespace, model: str, **overrides: Any):
-    from quire.cli import engine_config
     from quire.core.config import EngineConfig
     from quire.llm import LLM
 

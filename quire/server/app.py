@@ -1,79 +1,48 @@
-"""The FastAPI application: routes, OpenAI-style errors, and server state."""
+"""The FastAPI application: routes, error mapping, the body-size cap and API-key checks."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from quire import __version__
+from quire.server import handlers
 from quire.server.async_engine import AsyncEngine, EngineOverloaded
+from quire.server.guards import ApiKeyGuard, BodySizeLimit
 from quire.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
-from quire.tokenizer import HFTokenizer
+from quire.server.state import APIError, ServerState, error_response
+
+DEFAULT_MAX_REQUEST_BYTES = 8 << 20
 
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param = status, message, type_, param
-
-
-def error_body(status: int, message: str, type_: str, param: str | None = None) -> dict:
-    return {"object": "error",
-            "error": {"message": message, "type": type_, "param": param, "code": status}}
-
-
-def error_response(status: int, message: str, type_: str = "invalid_request_error",
-                   param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, type_, param), status_code=status)
-
-
-@dataclass
-class ServerState:
-    engine: AsyncEngine
-    tokenizer: HFTokenizer  # the handlers' own copy; the engine thread uses the original
-    model_name: str
-    max_model_len: int
-
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_name:
-            raise APIError(404, f"The model `{model}` does not exist; this server serves "
-                                f"`{self.model_name}` (see /v1/models).", "not_found_error",
-                           "model")
-
-    def check_prompt(self, prompt_ids: list[int], max_tokens: int | None) -> None:
-        vocab = self.engine.engine.model_info.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_ids):
-            raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
-        problem = self.engine.engine.check_prompt_fits(len(prompt_ids))
-        if problem is None and max_tokens is not None and \
-                len(prompt_ids) + max_tokens > self.max_model_len:
-            problem = (f"This model's maximum context length is {self.max_model_len} tokens; "
-                       f"the prompt has {len(prompt_ids)} and max_tokens asks for {max_tokens}"
-                       ". Shorten the prompt or lower max_tokens.")
-        if problem is not None:
-            raise APIError(400, problem, param="prompt")
-
-
-def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
-    from quire import __version__
-    from quire.server import handlers
-
+def build_app(engine: AsyncEngine, model_name: str, *, api_key: str | None = None,
+              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+    """The OpenAI-compatible app over a running AsyncEngine. api_key: every /v1/* route
+    then requires `Authorization: Bearer <api_key>`. max_request_bytes: larger bodies get
+    413 before they are read."""
     app = FastAPI(title="quire", version=__version__)
-    tokenizer = copy.copy(engine.engine.tokenizer)
-    tokenizer.hf = copy.deepcopy(engine.engine.tokenizer.hf)  # Rust tokenizers: one per thread
-    state = ServerState(engine, tokenizer, model_name, engine.engine.max_model_len)
+    tokenizer = copy.copy(engine.tokenizer)
+    tokenizer.hf = copy.deepcopy(engine.tokenizer.hf)  # Rust tokenizers: one per thread
+    vocab = tokenizer.hf.get_vocab()
+    state = ServerState(engine, tokenizer, model_name,
+                        concurrent.futures.ThreadPoolExecutor(1, "quire-tokenizer"),
+                        max((len(t) for t in vocab), default=1))
     app.state.quire = state
+    # Outermost first: the size cap runs before anything reads the body.
+    if api_key:
+        app.add_middleware(ApiKeyGuard, api_key=api_key)
+    app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -109,7 +78,7 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         return {"object": "list", "data": [{
             "id": model_name, "object": "model", "created": 0, "owned_by": "quire",
             "max_model_len": state.max_model_len,
-            "vocab_size": engine.engine.model_info.vocab_size}]}
+            "vocab_size": engine.model_info.vocab_size}]}
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -130,18 +99,20 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give exactly one of `prompt` or `messages`")
         if req.prompt is not None:
-            ids = state.tokenizer.encode(req.prompt)
+            ids = await handlers.prompt_ids(state, req.prompt)
         else:
-            ids = handlers.chat_prompt_ids(state, req.messages, req.add_generation_prompt)
+            ids = await handlers.chat_prompt_ids(state, req.messages, req.add_generation_prompt)
         return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest) -> dict:
         state.check_model(req.model)
-        vocab = engine.engine.model_info.vocab_size
-        if any(not 0 <= t < vocab for t in req.tokens):
-            raise APIError(400, f"token ids must be in [0, {vocab})", param="tokens")
-        return {"prompt": state.tokenizer.decode(req.tokens, skip_special_tokens=False)}
+        try:
+            engine.limits.check_token_ids(req.tokens, "detokenize")
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="tokens") from exc
+        text = await state.off_loop(state.tokenizer.decode, req.tokens, False)
+        return {"prompt": text}
 
     return app
 

@@ -32,8 +32,13 @@ class _Stream:
 
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, max_waiting_requests: int | None = None) -> None:
-        self.engine = engine
+        self.engine = engine  # touched by the engine thread only, once it has started
         self.max_waiting_requests = max_waiting_requests
+        # Immutable facts other threads may read.
+        self.model_info = engine.model_info
+        self.limits = engine.limits
+        self.tokenizer = engine.tokenizer  # the engine thread's; others take a copy
+        self._num_waiting = 0  # published by the engine thread after every step
         self.metrics = Metrics()
         self._cv = threading.Condition()
         self._adds: list[tuple[str, Sequence[int], SamplingParams]] = []
@@ -83,7 +88,8 @@ class AsyncEngine:
             self._cv.notify()
 
     def num_waiting(self) -> int:
-        return self.engine.scheduler.num_waiting
+        """Requests waiting for their first step, as of the engine's last step."""
+        return self._num_waiting
 
     def shutdown(self) -> None:
         with self._cv:
@@ -101,6 +107,7 @@ class AsyncEngine:
                 if self._stopped:
                     return
                 adds, self._adds = self._adds, []
+                self._num_waiting += len(adds)  # counted until the step reports them
                 aborts, self._aborts = self._aborts, []
             for request_id, prompt_ids, params in adds:  # adds first: an abort may follow
                 self._add(request_id, prompt_ids, params)
@@ -117,7 +124,10 @@ class AsyncEngine:
                 continue
             for out in outputs:
                 self._deliver(out)
-            self.metrics.observe_engine(self.engine.stats())
+            stats = self.engine.stats()
+            with self._cv:
+                self._num_waiting = stats.num_waiting
+            self.metrics.observe_engine(stats)
 
     def _add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> None:
         try:

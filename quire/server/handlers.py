@@ -13,9 +13,9 @@ from fastapi.responses import StreamingResponse
 
 from quire.core.outputs import CompletionOutput, RequestOutput
 from quire.core.sampling_params import SamplingParams
-from quire.server.app import APIError, ServerState, error_body
 from quire.server.async_engine import EngineOverloaded
 from quire.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from quire.server.state import APIError, ServerState, error_body
 
 
 @dataclass
@@ -27,10 +27,21 @@ class _Sent:
     finished: bool = False
 
 
-def chat_prompt_ids(state: ServerState, messages: list[ChatMessage],
-                    add_generation_prompt: bool) -> list[int]:
+async def chat_prompt_ids(state: ServerState, messages: list[ChatMessage],
+                          add_generation_prompt: bool) -> list[int]:
+    """The chat template applied and tokenized on the tokenizer thread."""
     conversation = [{"role": m.role, "content": m.text()} for m in messages]
-    return state.tokenizer.apply_chat_template(conversation, add_generation_prompt)
+    state.check_text_length(sum(len(m["content"]) for m in conversation))
+    return await state.off_loop(state.tokenizer.apply_chat_template, conversation,
+                                add_generation_prompt)
+
+
+async def prompt_ids(state: ServerState, prompt: str | list[int]) -> list[int]:
+    """Token ids of one completions prompt; text is tokenized on the tokenizer thread."""
+    if isinstance(prompt, list):
+        return prompt
+    state.check_text_length(len(prompt))
+    return await state.off_loop(state.tokenizer.encode, prompt)
 
 
 async def completions(state: ServerState, req: CompletionRequest):
@@ -43,21 +54,29 @@ async def completions(state: ServerState, req: CompletionRequest):
         raise APIError(400, "echo with logprobs is not supported (no prompt logprobs)",
                        param="echo")
     params = req.sampling_params(req.max_tokens, req.logprobs)
-    prompts = [p if isinstance(p, list) else state.tokenizer.encode(p) for p in req.prompts()]
-    texts = [p if isinstance(p, str) else None for p in req.prompts()]
+    raw_prompts = req.prompts()
+    prompts = [await prompt_ids(state, p) for p in raw_prompts]
     for ids in prompts:
         state.check_prompt(ids, req.max_tokens)
+    echoes = [p if isinstance(p, str) else await state.off_loop(state.tokenizer.decode, ids)
+              for p, ids in zip(raw_prompts, prompts)] if req.echo else [""] * len(prompts)
     rid = f"cmpl-{uuid.uuid4().hex}"
-    gens = [state.engine.generate(f"{rid}-{i}", ids, params) for i, ids in enumerate(prompts)]
+    gens: list[AsyncIterator[RequestOutput]] = []
+    try:
+        for i, ids in enumerate(prompts):
+            gens.append(state.engine.generate(f"{rid}-{i}", ids, params))
+    except EngineOverloaded:  # nothing of this request may stay queued
+        for i in range(len(gens)):
+            state.engine.abort(f"{rid}-{i}")
+        raise
     created = int(time.time())
     if req.stream:
-        return _sse(_completion_stream(state, req, rid, created, gens, prompts, texts, params))
+        return _sse(_completion_stream(state, req, rid, created, gens, echoes, params))
     finals = await _collect(gens)
     choices = []
     for i, out in enumerate(finals):
         _raise_if_error(out)
-        echo = (texts[i] if texts[i] is not None else state.tokenizer.decode(prompts[i])) \
-            if req.echo else ""
+        echo = echoes[i]
         for c in out.outputs:
             choices.append({
                 "index": i * params.n + c.index, "text": echo + c.text,
@@ -73,7 +92,7 @@ async def chat_completions(state: ServerState, req: ChatCompletionRequest):
     state.check_model(req.model)
     max_tokens = req.max_completion_tokens or req.max_tokens
     params = req.sampling_params(max_tokens, req.num_logprobs())
-    ids = chat_prompt_ids(state, req.messages, req.add_generation_prompt)
+    ids = await chat_prompt_ids(state, req.messages, req.add_generation_prompt)
     state.check_prompt(ids, max_tokens)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     gen = state.engine.generate(rid, ids, params)
@@ -92,15 +111,14 @@ async def chat_completions(state: ServerState, req: ChatCompletionRequest):
 
 
 # -- streams -------------------------------------------------------------------------------
-async def _completion_stream(state, req, rid, created, gens, prompts, texts,
+async def _completion_stream(state, req, rid, created, gens, echoes: list[str],
                              params: SamplingParams) -> AsyncIterator[str]:
     sent: dict[int, _Sent] = {}
     finals: dict[int, RequestOutput] = {}
     head = {"id": rid, "object": "text_completion", "created": created,
             "model": state.model_name}
     if req.echo:
-        for i, ids in enumerate(prompts):
-            echo = texts[i] if texts[i] is not None else state.tokenizer.decode(ids)
+        for i, echo in enumerate(echoes):
             for k in range(params.n):
                 yield _event({**head, "choices": [{"index": i * params.n + k, "text": echo,
                                                    "logprobs": None, "finish_reason": None}]})

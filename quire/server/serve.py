@@ -30,11 +30,17 @@ def run_server(args: argparse.Namespace, config: EngineConfig) -> int:
     config = dataclasses.replace(config, model=resolve_model(args.model_pos or args.model))
     if args.max_waiting_requests is not None and args.max_waiting_requests < 0:
         raise ValueError("--max-waiting-requests must be >= 0")
+    if args.max_request_bytes <= 0:
+        raise ValueError("--max-request-bytes must be a positive number of bytes")
+    api_key = args.api_key or os.environ.get("QUIRE_API_KEY") or None
     engine = AsyncEngine(create_engine(config), args.max_waiting_requests)
-    app = build_app(engine, args.served_model_name or served_name(config.model))
-    logger.info("serving %s at http://%s:%d/v1", config.model, args.host, args.port)
+    app = build_app(engine, args.served_model_name or served_name(config.model),
+                    api_key=api_key, max_request_bytes=args.max_request_bytes)
+    logger.info("serving %s at http://%s:%d/v1%s", config.model, args.host, args.port,
+                " (API key required)" if api_key else "")
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
+        app.state.quire.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
         engine.shutdown()
     return 0

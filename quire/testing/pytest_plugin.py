@@ -3,7 +3,8 @@
     pytest --pyargs quire.testing --quire-backend NAME [--quire-backend NAME2 ...]
 
 Without --quire-backend (and without QUIRE_BACKEND) every registered backend is checked.
-A backend that cannot run here is reported as skipped with its reason."""
+A backend that is not registered or not available fails with the reason;
+--quire-skip-unavailable reports it as skipped instead."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--quire-backend", action="append", default=None,
                      help="backend(s) to check (default: $QUIRE_BACKEND, else all registered)")
+    parser.addoption("--quire-skip-unavailable", action="store_true", default=False,
+                     help="skip, rather than fail, a backend that is not registered or not "
+                          "available on this machine")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

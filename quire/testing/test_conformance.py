@@ -1,9 +1,18 @@
 """The backend conformance kit: what every quire backend must pass.
 
-1. its canonical paged_attention equals the reference over a grid of head sizes, block
-   sizes, GQA ratios, ragged prefill / chunked prefill / decode mixes and dtypes;
+    pytest --pyargs quire.testing --quire-backend NAME
+
+1. its canonical paged_attention (BackendSpec.ops) equals quire.testing.reference over a grid
+   of head sizes, block sizes, GQA ratios, ragged prefill / chunked prefill / decode mixes,
+   windows, soft-caps and dtypes — each case the backend's Capabilities declare; the rest
+   are skipped with the reason;
 2. its write_kv scatters K/V by slot_mapping, padding going to the null block;
-3. end to end, its greedy tokens equal the cpu backend's on a small model.
+3. end to end, its greedy tokens equal the cpu backend's on a small model, for each
+   declared block size, with chunked prefill and prefix-cache hits, in fp32 and bf16.
+
+A backend that is not registered, not available, or whose plugin or executor fails to
+load is a failure with the reason, never a silent pass (--quire-skip-unavailable turns that
+into a skip, for a CI that runs the kit over backends this machine lacks).
 """
 
 from __future__ import annotations
@@ -15,11 +24,16 @@ import numpy as np
 import pytest
 import torch
 
-from quire.testing.reference import paged_attention as reference_attention
+from quire.core.executor import Capabilities
 from quire.plugins.manager import BackendStatus, load_plugins
-from quire.plugins.selection import load_factory
+from quire.plugins.selection import describe, load_factory
+from quire.testing.reference import paged_attention as reference_attention
 
-NEAR_TIE = 1e-3
+# A step whose reference top-2 logprobs are closer than this may go either way. bf16 logits
+# carry ~1/16 resolution and kernels differ in accumulation order: a wider margin.
+NEAR_TIE = {"float32": 1e-3, "bfloat16": 0.3}
+BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 GRID = [
     # seq_lens, query_lens, Hq, Hkv, D, block_size
@@ -33,21 +47,52 @@ GRID = [
 
 
 @pytest.fixture(scope="module")
-def backend(backend_name: str) -> BackendStatus:
-    table = {s.spec.name: s for s in load_plugins().backends()}
+def backend(backend_name: str, request: pytest.FixtureRequest) -> BackendStatus:
+    plugins = load_plugins()
+    table = {s.spec.name: s for s in plugins.backends()}
+    problem = None
     if backend_name not in table:
-        pytest.skip(f"backend {backend_name!r} is not registered on this machine")
-    status = table[backend_name]
-    if not status.availability:
-        pytest.skip(f"backend {backend_name!r} unavailable: {status.availability.reason}")
-    return status
+        problem = f"backend {backend_name!r} is not registered.\n{describe(plugins)}"
+    elif not table[backend_name].availability:
+        problem = (f"backend {backend_name!r} is unavailable: "
+                   f"{table[backend_name].availability.reason}")
+    if problem is not None:
+        if request.config.getoption("--quire-skip-unavailable"):
+            pytest.skip(problem)
+        pytest.fail(problem, pytrace=False)
+    return table[backend_name]
+
+
+@pytest.fixture(scope="module")
+def caps(backend: BackendStatus) -> Capabilities:
+    try:
+        return load_factory(backend).capabilities()
+    except ValueError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="module")
 def ops(backend: BackendStatus) -> ModuleType:
     if backend.spec.ops is None:
-        pytest.fail(f"backend {backend.spec.name!r} declares no ops module (BackendSpec.ops)")
-    return importlib.import_module(backend.spec.ops)
+        pytest.fail(f"backend {backend.spec.name!r} declares no ops module (BackendSpec.ops)",
+                    pytrace=False)
+    try:
+        return importlib.import_module(backend.spec.ops)
+    except Exception as exc:
+        pytest.fail(f"ops module {backend.spec.ops!r} of backend {backend.spec.name!r} failed "
+                    f"to import: {type(exc).__name__}: {exc}", pytrace=False)
+
+
+def _require(caps: Capabilities, *, block_size: int | None = None, head_size: int | None = None,
+             dtype: str | None = None) -> None:
+    """Skip, saying why, what the backend does not declare."""
+    if block_size is not None and block_size not in caps.block_sizes:
+        pytest.skip(f"block size {block_size} not declared (block_sizes={caps.block_sizes})")
+    if head_size is not None and caps.head_sizes is not None and \
+            head_size not in caps.head_sizes:
+        pytest.skip(f"head size {head_size} not declared (head_sizes={caps.head_sizes})")
+    if dtype is not None and dtype not in caps.dtypes:
+        pytest.skip(f"dtype {dtype} not declared (dtypes={caps.dtypes})")
 
 
 def _case(seq_lens, query_lens, hq, hkv, d, bs, dtype, seed=0):
@@ -62,11 +107,7 @@ def _case(seq_lens, query_lens, hq, hkv, d, bs, dtype, seed=0):
     return q, kc, vc, tables, qsl, torch.tensor(seq_lens, dtype=torch.int32)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window,soft_cap", [(None, None), (8, None), (None, 30.0)])
-@pytest.mark.parametrize("seq_lens,query_lens,hq,hkv,d,bs", GRID)
-def test_paged_attention(ops, seq_lens, query_lens, hq, hkv, d, bs, window, soft_cap, dtype):
-    case = _case(seq_lens, query_lens, hq, hkv, d, bs, dtype)
+def _check_attention(ops, case, d, window, soft_cap, dtype):
     try:
         got = ops.paged_attention(*case, scale=d**-0.5, sliding_window=window, soft_cap=soft_cap)
     except NotImplementedError as exc:
@@ -76,6 +117,26 @@ def test_paged_attention(ops, seq_lens, query_lens, hq, hkv, d, bs, window, soft
     torch.testing.assert_close(_as_float_tensor(got), want.float(), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("window,soft_cap", [(None, None), (8, None), (None, 30.0)])
+@pytest.mark.parametrize("seq_lens,query_lens,hq,hkv,d,bs", GRID)
+def test_paged_attention(ops, caps, seq_lens, query_lens, hq, hkv, d, bs, window, soft_cap,
+                         dtype):
+    _require(caps, block_size=bs, head_size=d, dtype=dtype)
+    case = _case(seq_lens, query_lens, hq, hkv, d, bs, DTYPES[dtype])
+    _check_attention(ops, case, d, window, soft_cap, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("bs", BLOCK_SIZES)
+def test_paged_attention_each_block_size(ops, caps, bs):
+    """A prefill, a chunk and a decode over several blocks, at every declared block size."""
+    d = 64 if caps.head_sizes is None or 64 in caps.head_sizes else caps.head_sizes[0]
+    _require(caps, block_size=bs, head_size=d)
+    dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
+    case = _case([19, 37, 5], [19, 6, 1], 4, 2, d, bs, DTYPES.get(dtype, torch.float32))
+    _check_attention(ops, case, d, None, None, DTYPES.get(dtype, torch.float32))
+
+
 def _as_float_tensor(x) -> torch.Tensor:
     """A backend's output (a torch tensor, or any array numpy can read) as fp32 torch."""
     if isinstance(x, torch.Tensor):
@@ -83,8 +144,9 @@ def _as_float_tensor(x) -> torch.Tensor:
     return torch.from_numpy(np.array(x, dtype=np.float32))
 
 
-@pytest.mark.parametrize("hkv,d,bs", [(1, 64, 16), (4, 128, 32)])
-def test_write_kv_with_padding(ops, hkv, d, bs):
+@pytest.mark.parametrize("hkv,d,bs", [(1, 64, 16), (4, 128, 32), (2, 64, 4)])
+def test_write_kv_with_padding(ops, caps, hkv, d, bs):
+    _require(caps, block_size=bs, head_size=d)
     num_blocks = 4
     kc = torch.zeros(num_blocks, bs, hkv, d)
     vc = torch.zeros(num_blocks, bs, hkv, d)
@@ -102,24 +164,74 @@ def test_write_kv_with_padding(ops, hkv, d, bs):
                 assert not kc[b, o].any() and not vc[b, o].any()
 
 
-def test_greedy_matches_cpu(backend, tmp_path_factory):
-    from quire import LLM, SamplingParams
+# -- end to end ----------------------------------------------------------------------------
+PROMPTS = [
+    list(range(3, 60)),  # longer than the chunk budget below: chunked prefill
+    list(range(3, 40)) + [7, 8, 9],  # shares whole blocks with the first: prefix-cache hits
+    [5],
+    [11, 12, 13, 14],
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
     from quire.testing.tiny_models import build_model
 
-    model_dir = build_model(str(tmp_path_factory.mktemp("conformance-model")), "llama")
-    dtype = "float32" if "float32" in load_factory(backend).capabilities().dtypes else "auto"
-    prompts = ["Hello world", "the scheduler serves paged attention blocks", "a", "one two"]
-    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
-    cpu = LLM(model_dir, backend="cpu", dtype=dtype, block_size=16, num_blocks=64)
-    ref = cpu.generate(prompts, params, use_tqdm=False)
-    ours = LLM(model_dir, backend=backend.spec.name, dtype=dtype, block_size=16, num_blocks=64)
-    got = ours.generate(prompts, params, use_tqdm=False)
+    return build_model(str(tmp_path_factory.mktemp("conformance-model")), "llama")
+
+
+def _generate(model_dir: str, backend: str, dtype: str, block_size: int):
+    from quire import LLM, SamplingParams
+
+    llm = LLM(model_dir, backend=backend, dtype=dtype, block_size=block_size,
+              num_blocks=1 + 4 * -(-128 // block_size), max_model_len=128,
+              max_num_batched_tokens=32)
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
+    first = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    again = llm.generate([{"prompt_token_ids": p} for p in PROMPTS[:2]], params,
+                         use_tqdm=False)
+    llm.engine.shutdown()
+    return first, again
+
+
+_REFERENCE: dict[str, list] = {}
+
+
+def _reference(model_dir: str, dtype: str) -> list:
+    if dtype not in _REFERENCE:
+        _REFERENCE[dtype] = _generate(model_dir, "cpu", dtype, 16)[0]
+    return _REFERENCE[dtype]
+
+
+def _assert_greedy_equal(ref, got, near_tie: float) -> None:
+    compared = 0
     for r, g in zip(ref, got):
         ref_ids, got_ids = r.outputs[0].token_ids, g.outputs[0].token_ids
         n = len(ref_ids)
         for i, entry in enumerate(r.outputs[0].logprobs):
             top = sorted((lp.logprob for lp in entry.values()), reverse=True)
-            if len(top) > 1 and top[0] - top[1] < NEAR_TIE:
+            if len(top) > 1 and top[0] - top[1] < near_tie:
                 n = i
                 break
-        assert got_ids[:n] == ref_ids[:n], (g.prompt, got_ids, ref_ids)
+        assert got_ids[:n] == ref_ids[:n], (r.prompt_token_ids, got_ids, ref_ids)
+        compared += n
+    assert compared > 0, "every prompt's first step was a near-tie: nothing was compared"
+
+
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_greedy_matches_cpu(backend, caps, model_dir, block_size):
+    _require(caps, block_size=block_size)
+    dtype = "float32" if "float32" in caps.dtypes else caps.default_dtype
+    first, again = _generate(model_dir, backend.spec.name, dtype, block_size)
+    near_tie = NEAR_TIE.get(dtype, NEAR_TIE["bfloat16"])
+    _assert_greedy_equal(_reference(model_dir, dtype), first, near_tie)
+    _assert_greedy_equal(first[:2], again, 0.0)  # cache hits change nothing
+    shared = (37 // block_size) * block_size  # whole blocks the two prompts share
+    assert again[1].num_cached_tokens >= shared, "shared blocks were not served from the cache"
+
+
+def test_greedy_matches_cpu_bfloat16(backend, caps, model_dir):
+    _require(caps, dtype="bfloat16")
+    block_size = caps.default_block_size
+    first, _ = _generate(model_dir, backend.spec.name, "bfloat16", block_size)
+    _assert_greedy_equal(_reference(model_dir, "bfloat16"), first, NEAR_TIE["bfloat16"])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from quire.core.batch import Batch
+from quire.core.config import CacheConfig, SchedulerConfig
 from quire.core.engine import LLMEngine
 from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
+from quire.core.request import Request
+from quire.core.sampling_params import SamplingParams
 
 VOCAB = 100
 
@@ -37,10 +41,8 @@ class CountingExecutor(Executor):
         return Capabilities(dtypes=("float32",), default_dtype="float32", block_sizes=(4,))
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
+        self.info = MODEL_INFO
         return MODEL_INFO
-
-    def kv_cache_bytes_per_block(self, block_size: int) -> int:
-        return 1
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         pass
@@ -57,13 +59,32 @@ MODEL_INFO = ModelInfo(vocab_size=VOCAB, max_model_len=64, num_layers=1, num_kv_
 
 def make_engine(num_blocks: int = 32, block_size: int = 4, max_num_seqs: int = 8,
                 max_num_batched_tokens: int = 64, max_model_len: int = 64,
-                enable_prefix_caching: bool = True) -> LLMEngine:
+                enable_prefix_caching: bool = True, enable_chunked_prefill: bool = True,
+                executor: Executor | None = None) -> LLMEngine:
     return LLMEngine(
-        CountingExecutor(), CharTokenizer(), MODEL_INFO, num_blocks=num_blocks,
-        block_size=block_size, max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-        enable_prefix_caching=enable_prefix_caching,
+        executor or CountingExecutor(), CharTokenizer(), MODEL_INFO,
+        scheduler_config=sched_config(max_num_seqs, max_num_batched_tokens, max_model_len,
+                                      enable_chunked_prefill),
+        cache_config=CacheConfig(num_blocks=num_blocks, block_size=block_size,
+                                 enable_prefix_caching=enable_prefix_caching),
     )
+
+
+def sched_config(max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int,
+                 enable_chunked_prefill: bool = True) -> SchedulerConfig:
+    return SchedulerConfig(max_num_seqs=max_num_seqs,
+                           max_num_batched_tokens=max_num_batched_tokens,
+                           max_model_len=max_model_len,
+                           enable_chunked_prefill=enable_chunked_prefill)
+
+
+def make_request(request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
+                 eos_token_id: int | None, block_size: int, max_tokens: int,
+                 **kwargs: Any) -> Request:
+    """Request with its leading fields given in order (Request itself is keyword-only)."""
+    return Request(request_id=request_id, prompt_token_ids=prompt_token_ids,
+                   sampling_params=sampling_params, eos_token_id=eos_token_id,
+                   block_size=block_size, max_tokens=max_tokens, **kwargs)
 
 
 def check_invariants(engine: LLMEngine) -> None:

@@ -4,19 +4,19 @@ import numpy as np
 
 from quire.core.batch import build_batch
 from quire.core.kv_cache_manager import KVCacheManager
-from quire.core.request import Request
 from quire.core.sampling_params import SamplingParams
-from quire.core.scheduler import Scheduler, SchedulerConfig
+from quire.core.scheduler import Scheduler
+from tests.core.fakes import make_request, sched_config
 
 
 def test_mixed_prefill_and_decode_batch_exact_arrays():
     kv = KVCacheManager(num_blocks=10, block_size=4)
-    s = Scheduler(SchedulerConfig(8, 9, 64), kv)
-    a = Request("a", [10, 11, 12, 13, 14], SamplingParams(max_tokens=4), None, 4, 4)
+    s = Scheduler(sched_config(8, 9, 64), kv)
+    a = make_request("a", [10, 11, 12, 13, 14], SamplingParams(max_tokens=4), None, 4, 4)
     s.add_request(a)
     out = s.schedule()
     s.update_from_output(out, [15])  # a: 6 tokens, 5 computed
-    b = Request("b", [20, 21, 22, 23, 24, 25, 26, 27, 28, 29],
+    b = make_request("b", [20, 21, 22, 23, 24, 25, 26, 27, 28, 29],
                 SamplingParams(temperature=0.5, top_k=3, logprobs=2), None, 4, 4)
     s.add_request(b)
     out = s.schedule()  # a decodes 1 token, b prefills 8 of 10 (budget 9)
@@ -35,8 +35,8 @@ def test_mixed_prefill_and_decode_batch_exact_arrays():
 
 def test_padding_to_buckets_targets_null_block():
     kv = KVCacheManager(num_blocks=10, block_size=4)
-    s = Scheduler(SchedulerConfig(8, 64, 64), kv)
-    s.add_request(Request("a", [1, 2, 3], SamplingParams(), None, 4, 4))
+    s = Scheduler(sched_config(8, 64, 64), kv)
+    s.add_request(make_request("a", [1, 2, 3], SamplingParams(), None, 4, 4))
     batch = build_batch(s.schedule(), kv, token_buckets=(8, 16), request_buckets=(2, 4))
     assert batch.num_tokens == 3 and batch.input_ids.shape == (8,)
     np.testing.assert_array_equal(batch.slot_mapping, [4, 5, 6, 0, 0, 0, 0, 0])
@@ -47,10 +47,10 @@ def test_padding_to_buckets_targets_null_block():
 
 def test_sampling_arrays_penalties_and_min_tokens():
     kv = KVCacheManager(num_blocks=10, block_size=4)
-    s = Scheduler(SchedulerConfig(8, 64, 64), kv)
+    s = Scheduler(sched_config(8, 64, 64), kv)
     p = SamplingParams(repetition_penalty=1.2, min_tokens=2, stop_token_ids=[7], seed=5)
-    s.add_request(Request("a", [1, 2], p, 9, 4, 4))
-    s.add_request(Request("b", [3], SamplingParams(temperature=0), 9, 4, 4))
+    s.add_request(make_request("a", [1, 2], p, 9, 4, 4))
+    s.add_request(make_request("b", [3], SamplingParams(temperature=0), 9, 4, 4))
     sb = build_batch(s.schedule(), kv).sampling
     np.testing.assert_array_equal(sb.prompt_token_ids, [[1, 2], [3, -1]])
     np.testing.assert_array_equal(sb.suppress_rows, [0, 0])

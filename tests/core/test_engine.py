@@ -115,12 +115,8 @@ def test_prefix_cache_hit_reported():
 
 
 def test_prompt_over_budget_without_chunking_is_an_error_not_a_hang():
-    from quire.core.engine import LLMEngine
-    from tests.core.fakes import MODEL_INFO, CharTokenizer, CountingExecutor
-
-    engine = LLMEngine(CountingExecutor(), CharTokenizer(), MODEL_INFO, num_blocks=32,
-                       block_size=4, max_num_seqs=8, max_num_batched_tokens=4,
-                       max_model_len=64, enable_chunked_prefill=False)
+    engine = make_engine(num_blocks=32, block_size=4, max_num_seqs=8, max_num_batched_tokens=4,
+                         max_model_len=64, enable_chunked_prefill=False)
     engine.add_request("abcdefgh", SamplingParams(max_tokens=2), request_id="big")
     engine.add_request("abc", SamplingParams(max_tokens=2), request_id="small")
     done = run_to_completion(engine)

@@ -3,11 +3,12 @@ from __future__ import annotations
 from quire.core.kv_cache_manager import KVCacheManager
 from quire.core.request import Request
 from quire.core.sampling_params import SamplingParams
+from tests.core.fakes import make_request
 
 
 def req(rid: str, tokens: list[int], block_size: int = 4) -> Request:
-    return Request(rid, tokens, SamplingParams(), eos_token_id=None, block_size=block_size,
-                   max_tokens=16)
+    return make_request(rid, tokens, SamplingParams(), eos_token_id=None,
+                        block_size=block_size, max_tokens=16)
 
 
 def test_allocate_exact_block_ids_and_free_reverse():
@@ -70,9 +71,9 @@ def test_hit_on_freed_cached_block_and_eviction():
 
 def test_cache_salt_separates_prefixes():
     kv = KVCacheManager(num_blocks=10, block_size=4)
-    a = Request("a", list(range(9)), SamplingParams(), None, 4, 16, extra_keys=("salt1",))
+    a = make_request("a", list(range(9)), SamplingParams(), None, 4, 16, extra_keys=("salt1",))
     kv.allocate_slots(a, 9)
-    b = Request("b", list(range(9)), SamplingParams(), None, 4, 16, extra_keys=("salt2",))
+    b = make_request("b", list(range(9)), SamplingParams(), None, 4, 16, extra_keys=("salt2",))
     assert kv.get_computed_blocks(b) == ([], 0)
 
 

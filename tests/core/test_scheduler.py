@@ -1,19 +1,20 @@
 from __future__ import annotations
 
 from quire.core.kv_cache_manager import KVCacheManager
-from quire.core.request import Request, RequestStatus
+from quire.core.request import RequestStatus
 from quire.core.sampling_params import SamplingParams
-from quire.core.scheduler import Scheduler, SchedulerConfig
+from quire.core.scheduler import Scheduler
+from tests.core.fakes import make_request, sched_config
 
 
 def make(num_blocks=20, budget=16, max_seqs=4, chunked=True, max_model_len=64):
     kv = KVCacheManager(num_blocks, 4)
-    return Scheduler(SchedulerConfig(max_seqs, budget, max_model_len, chunked), kv)
+    return Scheduler(sched_config(max_seqs, budget, max_model_len, chunked), kv)
 
 
 def req(rid, n, max_tokens=8):
     base = 10 * ord(rid[0])  # distinct prompts: no accidental prefix-cache hits
-    return Request(rid, list(range(base, base + n)), SamplingParams(max_tokens=max_tokens,
+    return make_request(rid, list(range(base, base + n)), SamplingParams(max_tokens=max_tokens,
                    ignore_eos=True), None, 4, max_tokens)
 
 
@@ -99,7 +100,7 @@ def test_preemption_exact_first_victim():
 
 def test_stop_conditions():
     s = make()
-    r = Request("a", [1, 2], SamplingParams(max_tokens=5, min_tokens=2, stop_token_ids=[9]),
+    r = make_request("a", [1, 2], SamplingParams(max_tokens=5, min_tokens=2, stop_token_ids=[9]),
                 eos_token_id=3, block_size=4, max_tokens=5)
     s.add_request(r)
     step(s, token=3)  # EOS before min_tokens: ignored

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quire.backends.torch.models.llama import LlamaForCausalLM
+from quire.plugins import PLUGIN_API_VERSION as V
 from quire.plugins import Availability, BackendSpec, hookimpl
 
 
@@ -10,11 +11,12 @@ class Good:
     @hookimpl
     def quire_register_backends(self):
         return [
-            BackendSpec("fast", "quire.backends.cpu.executor:CpuExecutor", priority=50),
-            BackendSpec("gpu_only", "nowhere:Nothing", priority=100,
+            BackendSpec("fast", "quire.backends.cpu.executor:CpuExecutor", priority=50,
+                        api_version=V),
+            BackendSpec("gpu_only", "nowhere:Nothing", priority=100, api_version=V,
                         is_available=lambda: Availability(False, "torch has no CUDA device")),
             BackendSpec("tpu_cpu", "quire.backends.cpu.executor:CpuExecutor", priority=200,
-                        explicit_only=True),
+                        explicit_only=True, api_version=V),
         ]
 
 
@@ -27,7 +29,7 @@ class Broken:
 class ClaimsCpu:
     @hookimpl
     def quire_register_backends(self):
-        return [BackendSpec("cpu", "x:Y")]
+        return [BackendSpec("cpu", "x:Y", api_version=V)]
 
 
 class OldApi:
@@ -35,6 +37,19 @@ class OldApi:
     def quire_register_backends(self):
         return [BackendSpec("old", "quire.backends.cpu.executor:CpuExecutor", priority=99,
                             api_version="0.3")]
+
+
+class Unversioned:
+    @hookimpl
+    def quire_register_backends(self):
+        return [BackendSpec("unversioned", "quire.backends.cpu.executor:CpuExecutor")]
+
+
+class ExplodesOnImport:
+    @hookimpl
+    def quire_register_backends(self):
+        return [BackendSpec("explodes", "tests.plugins.explodes_on_import:Executor",
+                            priority=1000, api_version=V)]
 
 
 class Chooser:
@@ -51,3 +66,4 @@ class Models:
 
 good, broken, claims_cpu, old_api, chooser, models = (
     Good(), Broken(), ClaimsCpu(), OldApi(), Chooser(), Models())
+unversioned, explodes_on_import = Unversioned(), ExplodesOnImport()

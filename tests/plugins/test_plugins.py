@@ -120,3 +120,37 @@ def test_cli_backends_and_env_selection(llama_dir):
     res = subprocess.run([sys.executable, "-m", "quire.cli", "generate", "--model", llama_dir,
                           "--backend", "nope", "--prompt", "x"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown backend 'nope'" in res.stderr
+
+
+def test_spec_without_api_version_is_unavailable_with_the_fix():
+    plugins = load_plugins(env={}, entry_points=eps("unversioned"))
+    status = {s.spec.name: s for s in plugins.backends()}["unversioned"]
+    assert not status.availability
+    assert "api_version=quire.plugins.PLUGIN_API_VERSION" in status.availability.reason
+
+
+def test_executor_module_that_raises_on_import_is_one_clear_error():
+    from quire.plugins.selection import load_factory
+
+    plugins = load_plugins(env={}, entry_points=eps("explodes_on_import"))
+    status = select_backend(plugins, "explodes", env={})
+    with pytest.raises(ValueError) as err:
+        load_factory(status)
+    msg = str(err.value)
+    assert "'explodes'" in msg and "explodes_on_import" in msg
+    assert "RuntimeError: vendor runtime not initialised" in msg
+
+
+def test_quire_plugins_filters_by_entry_point_or_distribution_name():
+    plugins = load_plugins(env={"QUIRE_PLUGINS": "good"}, entry_points=eps("good", "broken"))
+    assert not plugins.errors  # "broken" was never loaded
+    assert "fast" in {s.spec.name for s in plugins.backends()}
+
+
+def test_cli_backends_exit_codes(capsys):
+    from quire.cli import main
+
+    assert main(["backends", "--backend", "cpu", "--check"]) == 0
+    assert "check passed" in capsys.readouterr().out
+    assert main(["backends", "--backend", "no-such-backend"]) == 1
+    assert "no selection: unknown backend 'no-such-backend'" in capsys.readouterr().out

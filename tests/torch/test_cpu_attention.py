@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from quire.backends.cpu.attention import CpuAttention
-from quire.testing.reference import paged_attention
 from quire.backends.torch.attention import AttentionMetadata
+from quire.testing.reference import paged_attention
 
 
 def make_case(seq_lens, query_lens, num_heads, num_kv_heads, head_size, block_size,

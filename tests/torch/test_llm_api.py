@@ -155,3 +155,20 @@ def test_kv_cache_sized_from_memory_budget(llama_dir, caplog):
     assert llm.engine.executor.kv_cache_bytes_per_block(16) == 8192
     assert llm.engine.kv_cache.pool.num_blocks == 128
     assert "KV cache: 128 blocks x 16 tokens" in caplog.text
+
+
+def test_vllm_prompt_dicts(llm):
+    """vLLM's TextPrompt / TokensPrompt dicts run unchanged, mixed with plain forms."""
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    ids = llm.get_tokenizer().encode("the scheduler")
+    plain = llm.generate(["the scheduler", ids], params, use_tqdm=False)
+    dicts = llm.generate([{"prompt": "the scheduler"}, {"prompt_token_ids": ids}], params,
+                         use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in dicts] == [o.outputs[0].token_ids for o in plain]
+    one = llm.generate({"prompt_token_ids": ids, "cache_salt": "tenant-a"}, params,
+                       use_tqdm=False)
+    assert one[0].outputs[0].token_ids == plain[1].outputs[0].token_ids
+    with pytest.raises(ValueError, match="exactly one of"):
+        llm.generate({"prompt": "a", "prompt_token_ids": [1]}, params)
+    with pytest.raises(ValueError, match="multi_modal_data"):
+        llm.generate({"prompt": "a", "multi_modal_data": {}}, params)

@@ -5,15 +5,15 @@ import torch
 
 from quire.backends.torch.sampler import Sampler, apply_penalties, apply_top_k_top_p
 from quire.core.batch import build_sampling_batch
-from quire.core.request import Request
 from quire.core.sampling_params import SamplingParams
+from tests.core.fakes import make_request
 
 
 def batch_for(params: list[SamplingParams], outputs: list[list[int]] | None = None,
               prompts: list[list[int]] | None = None):
     reqs = []
     for i, p in enumerate(params):
-        r = Request(str(i), (prompts or [[1]] * len(params))[i], p, 0, 4, 100)
+        r = make_request(str(i), (prompts or [[1]] * len(params))[i], p, 0, 4, 100)
         for t in (outputs or [[]] * len(params))[i]:
             r.append_token(t)
         reqs.append(r)

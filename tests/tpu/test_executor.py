@@ -116,15 +116,16 @@ def test_tpu_path_imports_no_torch(model_factory):
     code = (
         "import sys\n"
         "from quire.backends.tpu.executor import TpuExecutor\n"
-        "from quire.core.config import EngineConfig\n"
+        "from quire.core.config import CacheConfig, EngineConfig, SchedulerConfig\n"
         "from quire.core.engine import LLMEngine\n"
         "from quire.core.sampling_params import SamplingParams\n"
         "from tests.core.fakes import CharTokenizer\n"
         "ex = TpuExecutor(EngineConfig(model=sys.argv[1], backend='tpu'))\n"
         "info = ex.load_model(sys.argv[1], 'float32')\n"
         "ex.allocate_kv_cache(16, 16)\n"
-        "engine = LLMEngine(ex, CharTokenizer(), info, num_blocks=16, block_size=16,\n"
-        "                   max_num_seqs=8, max_num_batched_tokens=64, max_model_len=128)\n"
+        "engine = LLMEngine(ex, CharTokenizer(), info, scheduler_config=SchedulerConfig(\n"
+        "    max_num_seqs=8, max_num_batched_tokens=64, max_model_len=128),\n"
+        "    cache_config=CacheConfig(num_blocks=16, block_size=16))\n"
         "engine.add_request([5, 6, 7, 8], SamplingParams(temperature=0, max_tokens=5,\n"
         "                                                ignore_eos=True), 'r')\n"
         "outs = []\n"
@@ -137,3 +138,23 @@ def test_tpu_path_imports_no_torch(model_factory):
     proc = subprocess.run([sys.executable, "-c", code, model_factory("llama")], cwd=root,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_plugin_model_is_refused_with_a_message(model_factory, tmp_path):
+    """quire_register_models registers torch modules: the JAX family says so, not silently."""
+    import json
+    import shutil
+
+    from quire.backends.tpu.executor import TpuExecutor
+    from quire.core.config import EngineConfig
+
+    src = model_factory("llama")
+    dst = tmp_path / "plugin-model"
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["architectures"] = ["MyLlamaForCausalLM"]
+    (dst / "config.json").write_text(json.dumps(config))
+    ex = TpuExecutor(EngineConfig(model=str(dst), backend="tpu"),
+                     {"MyLlamaForCausalLM": object})
+    with pytest.raises(ValueError, match="comes from a plugin"):
+        ex.load_model(str(dst), "float32")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from quire.testing.reference import paged_attention as reference
 from quire.backends.triton.attention import paged_attention, write_kv
 from quire.backends.triton.config import KernelConfig, block_q_for, num_kv_splits
+from quire.testing.reference import paged_attention as reference
 
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from quire.models.config import LLAMA_FAMILY, architecture_name
 from quire.backends.torch.models.llama import LlamaForCausalLM
+from quire.models.config import LLAMA_FAMILY, architecture_name
 
 ModelFactory = Callable[..., nn.Module]
 

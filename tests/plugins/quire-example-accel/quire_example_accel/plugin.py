@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from quire.plugins import BackendSpec, hookimpl
+from quire.plugins import PLUGIN_API_VERSION, BackendSpec, hookimpl
 
 
 @hookimpl
 def quire_register_backends() -> list[BackendSpec]:
     return [BackendSpec(
+        api_version=PLUGIN_API_VERSION,
         name="example",
         factory="quire_example_accel.executor:ExampleExecutor",
         priority=1,  # never preferred over the built-in cpu backend automatically
