@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +79,18 @@ def interpreting() -> bool:
 
 def tile_for(max_query_len: int, cfg: KernelConfig) -> int:
     return cfg.decode_tile if max_query_len == 1 else cfg.prefill_tile
+
+
+class GpuPlatform(Protocol):
+    """What a GPU platform (backends/cuda/platform.py, backends/rocm/platform.py, or a
+    vendor's) gives GpuExecutor: a device probe and its tuning. A module with these three
+    names satisfies it."""
+
+    REQUIRES: str  # the error message when no device is found
+
+    def probe(self) -> Any | None:
+        """The device's facts, or None when there is no usable device."""
+
+    def kernel_config(self, device: Any) -> KernelConfig:
+        """Launch options tuned for that device."""
+

@@ -8,13 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from types import ModuleType
 
 import torch
 
 from quire.backends.torch.executor import TorchExecutor
 from quire.backends.triton.attention import TritonAttention
-from quire.backends.triton.config import KernelConfig, interpreting
+from quire.backends.triton.config import GpuPlatform, KernelConfig, interpreting
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, ModelOutput
@@ -29,10 +28,10 @@ TOKEN_BUCKETS = GRAPH_BUCKETS + tuple(range(512, 16385, 256))
 
 
 class GpuExecutor(TorchExecutor):
-    """Subclasses set `device` and `platform`: a module with probe() -> device facts or
+    """Subclasses set `device` and `platform` (a GpuPlatform): probe() -> device facts or
     None, kernel_config(device) -> KernelConfig, and a `REQUIRES` message for no device."""
 
-    platform: ModuleType | None = None
+    platform: GpuPlatform | None = None
 
     def __init__(self, config: EngineConfig, extra_models: dict | None = None) -> None:
         super().__init__(config, extra_models)
