@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from quire.backends.cpu import native
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.workspace import Workspace
+from quire.core.sizing import cdiv
 from quire.testing.reference import attend
 
 
@@ -160,7 +161,7 @@ def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | Non
     groups = []
     for rows in [] if use_native else _length_groups(decode, seq_lens):
         lens = torch.from_numpy(seq_lens[rows]).long()  # [R']
-        num_blocks = -(-int(lens.max()) // block_size)
+        num_blocks = cdiv(int(lens.max()), block_size)
         k_pos = torch.arange(num_blocks * block_size).unsqueeze(0)
         visible = k_pos < lens.unsqueeze(1)
         if sliding_window is not None:
@@ -178,7 +179,7 @@ def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | Non
         mask = k_pos <= q_pos
         if sliding_window is not None:
             mask &= k_pos > q_pos - sliding_window
-        blocks = md.block_tables[i, : -(-seq_len // block_size)].long()
+        blocks = md.block_tables[i, : cdiv(seq_len, block_size)].long()
         prefills.append(_PrefillSeq(start, end, seq_len, blocks, mask))
     return _Plan(decode_rows, groups, prefills, use_native)
 

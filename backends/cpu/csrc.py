@@ -1,4 +1,9 @@
-"""C++ sources of the cpu backend's native kernels (built by native.py)."""
+"""C++ sources of the cpu backend's native kernels (built by native.py).
+
+Dimensions, as in the Triton and Pallas kernels: R rows (decode requests), Hq query heads,
+Hkv KV heads, G = Hq / Hkv, D head size, N blocks, S block size, B max blocks per row,
+L a row's context length, T tokens, I intermediate size.
+"""
 
 COMMON = r"""
 #include <torch/extension.h>
@@ -34,14 +39,14 @@ static inline float fast_exp(float x) {
 
 DECODE = r"""
 // One job: row r's query heads of KV heads [k0, k1). Per block, all those heads' keys of a
-// token are contiguous in the [N, S, K, D] cache, so the job streams memory in order:
+// token are contiguous in the [N, S, Hkv, D] cache, so the job streams memory in order:
 // scores for the block's tokens, a softmax update per head, then the weighted values.
 template <typename T>
 static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, int64_t L,
-                       T* out, int64_t H, int64_t K, int64_t D, int64_t S, int64_t k0,
+                       T* out, int64_t Hq, int64_t Hkv, int64_t D, int64_t S, int64_t k0,
                        int64_t k1, float scale, int64_t window, float soft_cap,
                        float* qf, float* acc, float* m, float* l, float* s) {
-  const int64_t G = H / K, hc = (k1 - k0) * G, h0 = k0 * G;
+  const int64_t G = Hq / Hkv, hc = (k1 - k0) * G, h0 = k0 * G;
   for (int64_t i = 0; i < hc * D; ++i) qf[i] = static_cast<float>(q[h0 * D + i]) * scale;
   std::fill(acc, acc + hc * D, 0.f);
   std::fill(m, m + hc, -INFINITY);
@@ -50,10 +55,10 @@ static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, 
   for (int64_t b = first / S; b * S < L; ++b) {
     const int64_t blk = bt[b];
     const int64_t t0 = std::max(b * S, first), t1 = std::min((b + 1) * S, L), n = t1 - t0;
-    const T* kb = kc + (blk * S + (t0 - b * S)) * K * D;
-    const T* vb = vc + (blk * S + (t0 - b * S)) * K * D;
+    const T* kb = kc + (blk * S + (t0 - b * S)) * Hkv * D;
+    const T* vb = vc + (blk * S + (t0 - b * S)) * Hkv * D;
     for (int64_t t = 0; t < n; ++t) {
-      const T* krow = kb + (t * K + k0) * D;
+      const T* krow = kb + (t * Hkv + k0) * D;
       for (int64_t h = 0; h < hc; ++h) {
         const T* kp = krow + (h / G) * D;
         const float* qp = qf + h * D;
@@ -81,7 +86,7 @@ static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, 
       for (int64_t d = 0; d < D; ++d) ap[d] *= correction;
     }
     for (int64_t t = 0; t < n; ++t) {
-      const T* vrow = vb + (t * K + k0) * D;
+      const T* vrow = vb + (t * Hkv + k0) * D;
       for (int64_t h = 0; h < hc; ++h) {
         const T* vp = vrow + (h / G) * D;
         const float p = s[h * S + t];
@@ -97,22 +102,22 @@ static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, 
 
 template <typename T>
 static void decode_rows(const T* q, const T* kc, const T* vc, const int32_t* bt,
-                        const int32_t* lens, T* out, int64_t R, int64_t H, int64_t K,
+                        const int32_t* lens, T* out, int64_t R, int64_t Hq, int64_t Hkv,
                         int64_t D, int64_t S, int64_t B, float scale, int64_t window,
                         float soft_cap) {
   // Rows are the unit of work; with fewer rows than ~2 per thread, KV heads are split too.
   const int64_t threads = at::get_num_threads();
-  const int64_t chunks = std::min<int64_t>(K, std::max<int64_t>(1, (2 * threads + R - 1) / R));
-  const int64_t per_chunk = (K + chunks - 1) / chunks;
-  const int64_t G = H / K;
+  const int64_t chunks = std::min<int64_t>(Hkv, std::max<int64_t>(1, (2 * threads + R - 1) / R));
+  const int64_t per_chunk = (Hkv + chunks - 1) / chunks;
+  const int64_t G = Hq / Hkv;
   at::parallel_for(0, R * chunks, 1, [&](int64_t begin, int64_t end) {
     const int64_t hc = per_chunk * G;
     std::vector<float> qf(hc * D), acc(hc * D), m(hc), l(hc), s(hc * S);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t r = job / chunks, c = job % chunks;
-      const int64_t k0 = c * per_chunk, k1 = std::min(K, k0 + per_chunk);
+      const int64_t k0 = c * per_chunk, k1 = std::min(Hkv, k0 + per_chunk);
       if (k0 >= k1) continue;
-      decode_job<T>(q + r * H * D, kc, vc, bt + r * B, lens[r], out + r * H * D, H, K, D, S,
+      decode_job<T>(q + r * Hq * D, kc, vc, bt + r * B, lens[r], out + r * Hq * D, Hq, Hkv, D, S,
                     k0, k1, scale, window, soft_cap, qf.data(), acc.data(), m.data(),
                     l.data(), s.data());
     }
@@ -127,12 +132,12 @@ torch::Tensor paged_decode(torch::Tensor q, torch::Tensor kc, torch::Tensor vc,
   TORCH_CHECK(bt.scalar_type() == torch::kInt32 && lens.scalar_type() == torch::kInt32,
               "block table and lengths must be int32");
   auto out = torch::empty_like(q);
-  const int64_t R = q.size(0), H = q.size(1), D = q.size(2);
-  const int64_t S = kc.size(1), K = kc.size(2), B = bt.size(1);
+  const int64_t R = q.size(0), Hq = q.size(1), D = q.size(2);
+  const int64_t S = kc.size(1), Hkv = kc.size(2), B = bt.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode", [&] {
     decode_rows<scalar_t>(q.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(),
                           vc.data_ptr<scalar_t>(), bt.data_ptr<int32_t>(),
-                          lens.data_ptr<int32_t>(), out.data_ptr<scalar_t>(), R, H, K, D, S, B,
+                          lens.data_ptr<int32_t>(), out.data_ptr<scalar_t>(), R, Hq, Hkv, D, S, B,
                           static_cast<float>(scale), window, static_cast<float>(soft_cap));
   });
   return out;
@@ -197,7 +202,7 @@ torch::Tensor silu_mul(torch::Tensor x) {
   return out;
 }
 
-// In place: x [T, H, D] (rows strided, heads contiguous) rotated by the rotate-half rule with
+// In place: x [T, Hq, D] (rows strided, heads contiguous) rotated by the rotate-half rule with
 // cos/sin [T, D] fp32 rows: x * cos + rotate_half(x) * sin.
 template <typename T>
 static void rotate(T* x, int64_t st, int64_t sh, int64_t tokens, int64_t heads, int64_t D,
@@ -221,7 +226,7 @@ static void rotate(T* x, int64_t st, int64_t sh, int64_t tokens, int64_t heads, 
 
 void rope_inplace(torch::Tensor q, torch::Tensor k, torch::Tensor cos, torch::Tensor sin) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && q.stride(2) == 1 && k.stride(2) == 1,
-              "rope: [T, H, D] with contiguous heads");
+              "rope: [T, Hq, D] with contiguous heads");
   TORCH_CHECK(cos.scalar_type() == torch::kFloat && cos.is_contiguous() && sin.is_contiguous(),
               "rope: fp32 contiguous cos/sin [T, D]");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "rope", [&] {

@@ -1,4 +1,5 @@
-"""The cpu backend: the torch family on the host with the reference attention."""
+"""The cpu backend's executor: the torch family on the host, with native attention, packed
+linears and fused elementwise kernels swapped into the model after loading."""
 
 from __future__ import annotations
 

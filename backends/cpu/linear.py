@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from quire.backends.torch.swap import replace_modules
+from quire.core.sizing import cdiv
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def padded_rows(rows: int) -> int:
     if rows <= EXACT_ROWS:
         return rows
     step = ROW_BUCKET if rows <= 512 else 64
-    return -(-rows // step) * step
+    return cdiv(rows, step) * step
 
 
 class PackedLinear(nn.Module):

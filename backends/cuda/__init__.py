@@ -1,1 +1,2 @@
-"""Home of a later backend (see the open issues); nothing here yet."""
+"""The cuda backend: the torch family on NVIDIA GPUs with quire's Triton kernels; the platform
+probe and tuning table by compute capability."""

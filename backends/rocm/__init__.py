@@ -1,1 +1,2 @@
-"""Home of a later backend (see the open issues); nothing here yet."""
+"""The rocm backend: the torch family on AMD GPUs (ROCm build of torch) with quire's Triton
+kernels; the HIP probe and tuning by gfx architecture."""

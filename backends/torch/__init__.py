@@ -1,1 +1,2 @@
-"""The PyTorch family shared by the cpu, cuda and rocm backends: models, loading, sampling."""
+"""The PyTorch family shared by the cpu, cuda, rocm and triton-interpret backends: the
+executor, models, attention seam, sampler and torch-side checkpoint loading."""

@@ -43,7 +43,7 @@ def build_metadata(query_start_loc: np.ndarray, seq_lens: np.ndarray,
     num_reqs = len(seq_lens)
     num_blocks = num_tokens // query_block + num_reqs
     query_lens = np.diff(query_start_loc).astype(np.int64)
-    per_req = -(-query_lens // query_block)
+    per_req = (query_lens + query_block - 1) // query_block  # cdiv, elementwise
     used = int(per_req.sum())
     first_block = np.cumsum(per_req) - per_req
     seq = np.repeat(np.arange(num_reqs), per_req)

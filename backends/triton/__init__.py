@@ -1,1 +1,2 @@
-"""Home of a later backend (see the open issues); nothing here yet."""
+"""Triton kernels shared by the cuda and rocm backends (KV write, unified paged attention,
+split-KV decode), GpuExecutor with decode graphs, and the triton-interpret test backend."""

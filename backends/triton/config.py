@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from quire.core.sizing import cdiv
+
 
 @dataclass(frozen=True, slots=True)
 class KernelConfig:
@@ -64,7 +66,7 @@ def num_kv_splits(num_reqs: int, num_kv_heads: int, max_seq_len: int, max_query_
     if max_query_len != 1:
         return 1
     programs = max(1, num_reqs * num_kv_heads)
-    by_occupancy = -(-cfg.target_programs // programs)
+    by_occupancy = cdiv(cfg.target_programs, programs)
     by_length = max_seq_len // cfg.split_min_tokens
     splits = min(by_occupancy, by_length, cfg.split_max)
     if splits < 2:

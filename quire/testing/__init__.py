@@ -1,1 +1,3 @@
-"""Helpers for testing quire and its plugins without downloading anything."""
+"""Testing quire and its plugins without downloading anything: the backend conformance kit
+(`pytest --pyargs quire.testing --quire-backend NAME`), the reference attention every
+backend is compared against, and tiny random-weight models."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from quire.core.sizing import cdiv
+
 
 def paged_attention(
     query: torch.Tensor,
@@ -47,7 +49,7 @@ def paged_attention(
         start, end = qsl[i], qsl[i + 1]
         if end == start:
             continue
-        num_blocks = -(-seq_len // block_size)
+        num_blocks = cdiv(seq_len, block_size)
         blocks = block_tables[i, :num_blocks].long()
         k = key_cache[blocks].reshape(-1, *key_cache.shape[2:])[:seq_len]
         v = value_cache[blocks].reshape(-1, *value_cache.shape[2:])[:seq_len]

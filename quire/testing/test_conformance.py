@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from quire.core.executor import Capabilities
+from quire.core.sizing import cdiv
 from quire.plugins.manager import BackendStatus, load_plugins
 from quire.plugins.selection import describe, load_factory
 from quire.testing.reference import paged_attention as reference_attention
@@ -97,7 +98,7 @@ def _require(caps: Capabilities, *, block_size: int | None = None, head_size: in
 
 def _case(seq_lens, query_lens, hq, hkv, d, bs, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    max_blocks = max(-(-s // bs) for s in seq_lens)
+    max_blocks = max(cdiv(s, bs) for s in seq_lens)
     num_blocks = 1 + len(seq_lens) * max_blocks
     tables = (torch.randperm(num_blocks - 1, generator=g) + 1).view(len(seq_lens), -1).int()
     kc = torch.randn(num_blocks, bs, hkv, d, generator=g).to(dtype)
@@ -184,7 +185,7 @@ def _generate(model_dir: str, backend: str, dtype: str, block_size: int):
     from quire import LLM, SamplingParams
 
     llm = LLM(model_dir, backend=backend, dtype=dtype, block_size=block_size,
-              num_blocks=1 + 4 * -(-128 // block_size), max_model_len=128,
+              num_blocks=1 + 4 * cdiv(128, block_size), max_model_len=128,
               max_num_batched_tokens=32)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
     first = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
