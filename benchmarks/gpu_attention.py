@@ -1,6 +1,7 @@
 """GPU benchmark of quire's Triton paged attention (cuda / rocm backends).
 
     python benchmarks/gpu_attention.py                # on a GPU: full sweep, writes results
+    python benchmarks/gpu_attention.py --quick        # on a GPU: ~4 minutes
     TRITON_INTERPRET=1 python benchmarks/gpu_attention.py --smoke   # CPU: tiny shapes
 
 1. correctness: the kernels against the reference on a few ragged cases;
@@ -169,6 +170,8 @@ def end_to_end(backend, model_kwargs, num_requests, prompt_len, output_len):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (CPU interpreter)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a GPU sweep that fits ~4 minutes (scripts/gpu_check.sh)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
@@ -192,6 +195,10 @@ def main() -> None:
                                  "num_kv_heads": 4, "intermediate_size": 5632,
                                  "max_position_embeddings": 4096},
                    num_requests=64, prompt_len=128, output_len=256)
+        if args.quick:
+            contexts, batches, lengths, repeats = [1024, 4096, 16384], [1, 16, 128], \
+                [1024, 4096], 10
+            e2e.update(num_requests=32, output_len=128)
     backend = ("rocm" if torch.version.hip else "cuda") if gpu else "triton-interpret"
     name = torch.cuda.get_device_name(0) if gpu else "cpu-interpreter"
     result = {"device": name, "date": datetime.date.today().isoformat(),
@@ -227,6 +234,8 @@ def write(result: dict, out_dir: str, smoke: bool) -> None:
     lines += [f"| {'on' if r['cuda_graphs'] else 'off'} | {r['output_tok_per_s']:.0f} |"
               for r in result["end_to_end"]]
     table = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "gpu_results.md"), "w", encoding="utf-8") as f:
+        f.write(table)
     if not smoke:
         with open(os.path.join(HERE, "GPU_RESULTS.md"), "a", encoding="utf-8") as f:
             f.write("\n" + table)

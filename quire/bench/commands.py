@@ -115,13 +115,16 @@ def _throughput(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
     dtype = llm.engine.model_info.dtype
+    # Baselines run on the device quire's backend uses (HF on the GPU for cuda / rocm).
+    device = "cuda" if llm.engine.backend_name in ("cuda", "rocm") else "cpu"
     run_quire(llm, sharegpt_like(16, llm.engine.model_info.vocab_size, 8, 64))  # warm up
     rows = []
     for _ in range(args.repeats):  # interleaved: quire, then each baseline, per round
         rows.append({**run_quire(llm, workload, f"quire ({llm.engine.backend_name})"),
                      "dtype": dtype})
         for name in names:
-            rows.append({**BASELINES[name](model, workload, dtype=dtype), "dtype": dtype})
+            rows.append({**BASELINES[name](model, workload, dtype=dtype, device=device),
+                         "dtype": dtype})
     return _finish("throughput", rows, {"model": model, "workload": workload.name,
                                         "dtype": dtype, "baselines": names}, args.output_dir)
 

@@ -28,6 +28,7 @@ from quire.core.executor import Capabilities
 from quire.core.sizing import cdiv
 from quire.plugins.manager import BackendStatus, load_plugins
 from quire.plugins.selection import describe, load_factory
+from quire.testing.compare import greedy_agreement
 from quire.testing.reference import paged_attention as reference_attention
 
 # A step whose reference top-2 logprobs are closer than this may go either way. bf16 logits
@@ -205,18 +206,10 @@ def _reference(model_dir: str, dtype: str) -> list:
 
 
 def _assert_greedy_equal(ref, got, near_tie: float) -> None:
-    compared = 0
-    for r, g in zip(ref, got):
-        ref_ids, got_ids = r.outputs[0].token_ids, g.outputs[0].token_ids
-        n = len(ref_ids)
-        for i, entry in enumerate(r.outputs[0].logprobs):
-            top = sorted((lp.logprob for lp in entry.values()), reverse=True)
-            if len(top) > 1 and top[0] - top[1] < near_tie:
-                n = i
-                break
-        assert got_ids[:n] == ref_ids[:n], (r.prompt_token_ids, got_ids, ref_ids)
-        compared += n
-    assert compared > 0, "every prompt's first step was a near-tie: nothing was compared"
+    agreement = greedy_agreement(ref, got, near_tie)
+    assert not agreement.mismatches, agreement.mismatches
+    assert agreement.num_compared > 0, \
+        "every prompt's first step was a near-tie: nothing was compared"
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
