@@ -49,6 +49,9 @@ class SamplingBatch:
     # Tokens to ban (EOS/stop ids before min_tokens): parallel (row, token id) arrays.
     suppress_rows: np.ndarray  # [K] int64
     suppress_token_ids: np.ndarray  # [K] int64
+    # Structured outputs: [S, cdiv(V, 32)] int32, bit t % 32 of word t // 32 set where token
+    # t is allowed (all bits set in unconstrained rows); None when no row is constrained.
+    token_bitmask: np.ndarray | None = None
 
     @property
     def num_rows(self) -> int:

@@ -6,6 +6,7 @@ of n > 1 in parallel_sampling.py, the prompt checks in prompt_limits.py.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quire.core.batch import build_batch
+from quire.core.batch import Batch, build_batch
 from quire.core.config import CacheConfig, SchedulerConfig
 from quire.core.detokenizer import Tokenizer
 from quire.core.executor import Executor, ModelInfo
@@ -23,10 +24,11 @@ from quire.core.output_processor import OutputProcessor
 from quire.core.outputs import RequestOutput
 from quire.core.parallel_sampling import ParentRequest, fan_out
 from quire.core.prompt_limits import PromptLimits
-from quire.core.request import RequestStatus
+from quire.core.request import Request, RequestStatus
 from quire.core.sampling_params import SamplingParams
-from quire.core.scheduler import Scheduler
+from quire.core.scheduler import Scheduler, SchedulerOutput
 from quire.core.sizing import block_table_width
+from quire.core.structured_outputs import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class LLMEngine:
         scheduler_config: SchedulerConfig,
         cache_config: CacheConfig,
         backend_name: str = "",
+        structured_outputs: StructuredOutputManager | None = None,
     ) -> None:
         self.executor = executor
         self.tokenizer = tokenizer
@@ -81,6 +84,9 @@ class LLMEngine:
             self.max_model_len, cache_config.block_size, cache_config.num_blocks
         ) if caps.fixed_block_table_width else None
         self.outputs = OutputProcessor(tokenizer)
+        self.structured = structured_outputs
+        # Parents whose constraint is still compiling: they join the scheduler when it is.
+        self._awaiting_grammar: list[ParentRequest] = []
         self._errored: list[str] = []
         self._ids = itertools.count()
         self.num_prompt_tokens = 0
@@ -104,6 +110,9 @@ class LLMEngine:
         if request_id in self.outputs:
             raise ValueError(f"request id {request_id!r} is already in use")
         prompt_text, prompt_ids = self._tokenize(prompt)
+        if params.structured_outputs is not None and self.structured is None:
+            raise ValueError("structured outputs are not available in this engine (it was "
+                             "built without a grammar backend)")
         arrival = time.monotonic() if arrival_time is None else arrival_time
         error = self.limits.why_not_fit(len(prompt_ids))
         max_tokens = self.max_model_len - len(prompt_ids)
@@ -122,6 +131,12 @@ class LLMEngine:
             self._errored.append(request_id)
             logger.warning("request %s rejected: %s", request_id, error)
             return request_id
+        if params.structured_outputs is not None:
+            assert self.structured is not None
+            for child in parent.children:
+                child.request.grammar = self.structured.new_state(params.structured_outputs)
+            self._awaiting_grammar.append(parent)
+            return request_id
         for child in parent.children:
             self.scheduler.add_request(child.request)
         return request_id
@@ -132,12 +147,15 @@ class LLMEngine:
             request_ids = [request_ids]
         for request_id in request_ids:
             parent = self.outputs.remove(request_id)
-            if parent is not None:
+            if parent in self._awaiting_grammar:
+                self._awaiting_grammar.remove(parent)
+            elif parent is not None:
                 self.scheduler.finish_requests([c.request.request_id for c in parent.children],
                                                RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._errored) or self.scheduler.has_unfinished_requests()
+        return bool(self._errored or self._awaiting_grammar) or \
+            self.scheduler.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.outputs)
@@ -150,6 +168,8 @@ class LLMEngine:
         for request_id in self._errored:
             touched[request_id] = self.outputs.get(request_id)
         self._errored.clear()
+        if self._awaiting_grammar:
+            self._admit_compiled(touched)
         if self.scheduler.has_unfinished_requests():
             self._run_once(touched)
         t0 = time.perf_counter()
@@ -174,6 +194,7 @@ class LLMEngine:
             return
         batch = build_batch(sched_out, self.kv_cache, self._token_buckets,
                             self._request_buckets, self._table_width)
+        constrained, dead = self._grammar_bitmask(sched_out, batch)
         t2 = time.perf_counter()
         times["batch"] += t2 - t1
         model_out = self.executor.execute(batch)
@@ -191,6 +212,8 @@ class LLMEngine:
             sched_out, model_out.sampled_token_ids.tolist()
         )
         self.num_generation_tokens += len(updated)
+        if constrained:
+            self._advance_grammars(updated, dead)
         t4 = time.perf_counter()
         times["update"] += t4 - t3
         stopped = self.outputs.process(updated, model_out, touched)
@@ -199,6 +222,71 @@ class LLMEngine:
             parent = self.outputs.parent_of(request.request_id)
             touched[parent.request_id] = parent
         times["output"] += time.perf_counter() - t4
+
+    # -- structured outputs ----------------------------------------------------------------
+    def _admit_compiled(self, touched: dict[str, ParentRequest]) -> None:
+        """Schedule the parents whose constraint has compiled; fail those whose constraint
+        is invalid. With nothing else to run, wait briefly for a compilation."""
+        assert self.structured is not None
+        waiting: list[ParentRequest] = []
+        for parent in self._awaiting_grammar:
+            states = [c.request.grammar for c in parent.children]
+            if not states[0].compiled.done():
+                waiting.append(parent)
+            elif all(self.structured.start(s) for s in states):
+                for child in parent.children:
+                    self.scheduler.add_request(child.request)
+            else:
+                parent.error = next(s.error for s in states if s.error)
+                for child in parent.children:
+                    child.request.status = RequestStatus.FINISHED_ERROR
+                    child.request.finished_time = time.monotonic()
+                touched[parent.request_id] = parent
+                logger.warning("request %s rejected: %s", parent.request_id, parent.error)
+        self._awaiting_grammar = waiting
+        if waiting and not self.scheduler.has_unfinished_requests():
+            concurrent.futures.wait([p.children[0].request.grammar.compiled for p in waiting],
+                                    timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED)
+
+    def _grammar_bitmask(self, sched_out: SchedulerOutput, batch: Batch
+                         ) -> tuple[bool, list[Request]]:
+        """Put the step's token bitmask on the batch when a sampled row is constrained.
+        Returns (whether any is, the requests whose constraint allows no token)."""
+        if self.structured is None or not any(r.grammar is not None
+                                              for r in sched_out.requests):
+            return False, []
+        sampled = [r for r, n in zip(sched_out.requests, sched_out.num_new_tokens)
+                   if r.num_computed_tokens + n == r.num_tokens]
+        states = [r.grammar for r in sampled]
+        if not any(s is not None for s in states):
+            return False, []
+        batch.sampling.token_bitmask, dead_rows = self.structured.bitmask(states)
+        return True, [sampled[i] for i in dead_rows]
+
+    def _advance_grammars(self, updated: Sequence[Request], dead: Sequence[Request]) -> None:
+        """Feed each constrained request its new token; finish those whose grammar is
+        complete (stop) or that had no allowed token (error)."""
+        complete, violated = [], []
+        dead_ids = {r.request_id for r in dead}
+        for request in updated:
+            state = request.grammar
+            if state is None or state.matcher is None or request.is_finished or \
+                    request.request_id in dead_ids:
+                continue
+            if not state.matcher.consume(request.output_token_ids[-1]):
+                request.error = "the sampled token violates the output constraint"
+                violated.append(request.request_id)
+            elif state.matcher.is_terminated():
+                complete.append(request.request_id)
+        for request in dead:
+            request.error = ("no token can continue the output under its constraint (the "
+                             "grammar cannot be satisfied with this vocabulary)")
+            if request.is_finished:
+                request.status = RequestStatus.FINISHED_ERROR
+            else:
+                violated.append(request.request_id)
+        self.scheduler.finish_requests(complete, RequestStatus.FINISHED_STOPPED)
+        self.scheduler.finish_requests(violated, RequestStatus.FINISHED_ERROR)
 
     # -- helpers ---------------------------------------------------------------------------
     def _tokenize(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
@@ -233,4 +321,6 @@ class LLMEngine:
         )
 
     def shutdown(self) -> None:
+        if self.structured is not None:
+            self.structured.shutdown()
         self.executor.shutdown()

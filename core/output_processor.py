@@ -109,7 +109,8 @@ class OutputProcessor:
             outputs=completions,
             finished=parent.is_finished,
             metrics=metrics,
-            error=parent.error,
+            error=parent.error or next((c.request.error for c in parent.children
+                                        if c.request.error), None),
             num_cached_tokens=metrics.num_cached_tokens,
         )
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING
 
 from quire.core.hashing import BlockHash, hash_block_tokens
 from quire.core.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from quire.core.structured_outputs import GrammarState
 
 
 class RequestStatus(enum.IntEnum):
@@ -48,6 +52,7 @@ class Request:
         "status", "all_token_ids", "output_token_ids", "num_computed_tokens", "block_hashes",
         "block_size", "extra_keys", "num_cached_tokens", "num_preemptions", "stop_reason",
         "error", "first_scheduled_time", "first_token_time", "finished_time", "max_tokens",
+        "grammar",
     )
 
     def __init__(
@@ -71,6 +76,8 @@ class Request:
         self.all_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
         self.num_computed_tokens = 0
+        # Structured outputs: the constraint's state (core/structured_outputs.py), or None.
+        self.grammar: GrammarState | None = None
         self.block_size = block_size
         self.extra_keys = extra_keys
         self.block_hashes: list[BlockHash] = []

@@ -2,9 +2,53 @@
 
 from __future__ import annotations
 
+import json as _json
 from dataclasses import dataclass, field
 
 _EPS = 1e-5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StructuredOutputsParams:
+    """A constraint on the output (vLLM's names); exactly one field is set.
+
+    json: a JSON schema (dict or its JSON text); json_object: any JSON object;
+    regex: a regular expression the whole output matches; choice: one of these strings;
+    grammar: a context-free grammar (Lark / EBNF syntax, as llguidance reads it).
+    """
+
+    json: dict | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | list[str] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json", "regex", "choice", "grammar")
+                 if getattr(self, name) is not None] + (["json_object"] if self.json_object
+                                                        else [])
+        if len(given) != 1:
+            raise ValueError("structured outputs take exactly one of json, json_object, regex, "
+                             f"choice or grammar; got {given or 'none'}")
+        if self.choice is not None:
+            if not self.choice or not all(isinstance(c, str) and c for c in self.choice):
+                raise ValueError("choice must be a non-empty list of non-empty strings")
+            object.__setattr__(self, "choice", tuple(self.choice))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(kind, specification text): what a compiled grammar is cached by."""
+        if self.json is not None:
+            spec = self.json if isinstance(self.json, str) else _json.dumps(self.json,
+                                                                            sort_keys=True)
+            return "json", spec
+        if self.json_object:
+            return "json_object", ""
+        if self.regex is not None:
+            return "regex", self.regex
+        if self.choice is not None:
+            return "choice", _json.dumps(list(self.choice))
+        return "grammar", self.grammar or ""
 
 
 @dataclass(slots=True)
@@ -34,6 +78,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    structured_outputs: StructuredOutputsParams | None = None
     stop_strings: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:

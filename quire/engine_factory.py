@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import logging
 
 from quire.core.config import CacheConfig, EngineConfig, SchedulerConfig
 from quire.core.engine import LLMEngine
+from quire.core.structured_outputs import StructuredOutputManager
 from quire.default_model import resolve_model
+from quire.grammar import LLGuidanceBackend
 from quire.plugins.manager import QuirePlugins, load_plugins
 from quire.plugins.selection import load_factory, select_backend
 from quire.tokenizer import HFTokenizer
@@ -56,6 +60,11 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
         cache_config=CacheConfig(num_blocks=num_blocks, block_size=block_size,
                                  enable_prefix_caching=config.enable_prefix_caching),
         backend_name=status.spec.name,
+        # The grammar engine reads its own copy of the tokenizer (built on first use, on the
+        # compile thread): Rust tokenizers are not shared across threads.
+        structured_outputs=StructuredOutputManager(
+            functools.partial(LLGuidanceBackend, copy.deepcopy(tokenizer.hf), info.vocab_size),
+            info.vocab_size, tokenizer.eos_token_id),
     )
 
 

@@ -33,6 +33,8 @@ class Sampler:
         raw_logprobs = None
         if sb.max_num_logprobs >= 0:
             raw_logprobs = torch.log_softmax(logits, dim=-1)
+        if sb.token_bitmask is not None:
+            logits = apply_token_bitmask(logits, torch.from_numpy(sb.token_bitmask))
         logits = apply_penalties(logits, sb)
         if len(sb.suppress_rows):
             logits = logits.clone()
@@ -71,6 +73,15 @@ class Sampler:
                 hash((int(sb.seeds[row]), int(sb.output_steps[row]))) & 0x7FFF_FFFF_FFFF_FFFF)
             noise[row].exponential_(generator=gen)
         return noise
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """Disallowed tokens to -inf. logits [S, V]; bitmask [S, cdiv(V, 32)] int32, bit t % 32
+    of word t // 32 set where token t is allowed."""
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # [S, W, 32]
+    allowed = bits.reshape(bitmask.shape[0], -1)[:, : logits.shape[1]].bool()
+    return logits.masked_fill(~allowed.to(logits.device), _MASK)
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor,

@@ -26,6 +26,10 @@ def sample(logits: jax.Array, rows: dict[str, jax.Array], key: jax.Array, *,
     """logits [S, V] fp32; rows: host_rows()'s arrays; num_logprobs 0: none.
     -> (token ids [S], sampled logprobs [S], top ids [S, k], top logprobs [S, k])."""
     raw_logprobs = jax.nn.log_softmax(logits, axis=-1) if num_logprobs else None
+    if "token_bitmask" in rows:  # structured outputs: [S, cdiv(V, 32)] packed allowed bits
+        bits = (rows["token_bitmask"][:, :, None] >> jnp.arange(32, dtype=jnp.int32)) & 1
+        allowed = bits.reshape(logits.shape[0], -1)[:, : logits.shape[1]].astype(bool)
+        logits = jnp.where(allowed, logits, _MASK)
     logits = _apply_penalties(logits, rows)
     vocab = logits.shape[1]
     banned = jnp.zeros((logits.shape[0], vocab + 1), bool)
@@ -119,7 +123,7 @@ def host_rows(sb: SamplingBatch, num_rows: int) -> dict[str, np.ndarray]:
                                                               np.int32)
     ban_rows[: len(sb.suppress_rows)] = sb.suppress_rows
     ban_ids[: len(sb.suppress_rows)] = sb.suppress_token_ids
-    return {
+    rows = {
         "temperature": col(sb.temperature, 0.0, np.float32),
         "top_k": col(sb.top_k, 0, np.int32),
         "top_p": col(sb.top_p, 1.0, np.float32),
@@ -135,6 +139,11 @@ def host_rows(sb: SamplingBatch, num_rows: int) -> dict[str, np.ndarray]:
         "ban_rows": ban_rows,
         "ban_ids": ban_ids,
     }
+    if sb.token_bitmask is not None:  # a second compiled variant, only for such steps
+        mask = np.full((num_rows, sb.token_bitmask.shape[1]), -1, np.int32)
+        mask[:n] = sb.token_bitmask
+        rows["token_bitmask"] = mask
+    return rows
 
 
 def _pow2(n: int) -> int:

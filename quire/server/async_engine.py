@@ -38,6 +38,7 @@ class AsyncEngine:
         self.model_info = engine.model_info
         self.limits = engine.limits
         self.tokenizer = engine.tokenizer  # the engine thread's; others take a copy
+        self.structured = engine.structured  # thread-safe: compiles and validates
         self._num_waiting = 0  # published by the engine thread after every step
         self.metrics = Metrics()
         self._cv = threading.Condition()

@@ -36,6 +36,21 @@ async def chat_prompt_ids(state: ServerState, messages: list[ChatMessage],
                                 add_generation_prompt)
 
 
+async def check_constraint(state: ServerState, params: SamplingParams) -> None:
+    """Compile the request's output constraint now (cached for the engine): a bad schema or
+    grammar is a 400 before anything is queued or streamed."""
+    spec = params.structured_outputs
+    if spec is None:
+        return
+    if state.engine.structured is None:
+        raise APIError(400, "structured outputs are not available on this server")
+    try:
+        await state.off_loop(state.engine.structured.validate, spec)
+    except ValueError as exc:
+        raise APIError(400, f"invalid structured output constraint: {exc}",
+                       param="response_format") from exc
+
+
 async def prompt_ids(state: ServerState, prompt: str | list[int]) -> list[int]:
     """Token ids of one completions prompt; text is tokenized on the tokenizer thread."""
     if isinstance(prompt, list):
@@ -54,6 +69,7 @@ async def completions(state: ServerState, req: CompletionRequest):
         raise APIError(400, "echo with logprobs is not supported (no prompt logprobs)",
                        param="echo")
     params = req.sampling_params(req.max_tokens, req.logprobs)
+    await check_constraint(state, params)
     raw_prompts = req.prompts()
     prompts = [await prompt_ids(state, p) for p in raw_prompts]
     for ids in prompts:
@@ -92,6 +108,7 @@ async def chat_completions(state: ServerState, req: ChatCompletionRequest):
     state.check_model(req.model)
     max_tokens = req.max_completion_tokens or req.max_tokens
     params = req.sampling_params(max_tokens, req.num_logprobs())
+    await check_constraint(state, params)
     ids = await chat_prompt_ids(state, req.messages, req.add_generation_prompt)
     state.check_prompt(ids, max_tokens)
     rid = f"chatcmpl-{uuid.uuid4().hex}"

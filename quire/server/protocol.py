@@ -6,11 +6,35 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quire.core.sampling_params import SamplingParams
+from quire.core.sampling_params import SamplingParams, StructuredOutputsParams
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsRequest(BaseModel):
+    """vLLM's `structured_outputs` request field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
 
 
 class _Sampling(BaseModel):
@@ -36,6 +60,30 @@ class _Sampling(BaseModel):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsRequest | None = None
+
+    def constraint(self) -> StructuredOutputsParams | None:
+        """The output constraint asked for (response_format or structured_outputs);
+        ValueError (-> 400) when both are given or one is malformed."""
+        specs = []
+        if self.response_format is not None and self.response_format.type != "text":
+            if self.response_format.type == "json_object":
+                specs.append(StructuredOutputsParams(json_object=True))
+            else:
+                js = self.response_format.json_schema
+                if js is None or js.schema_ is None:
+                    raise ValueError("response_format json_schema needs "
+                                     "json_schema.schema (a JSON schema object)")
+                specs.append(StructuredOutputsParams(json=js.schema_))
+        if self.structured_outputs is not None:
+            so = self.structured_outputs
+            specs.append(StructuredOutputsParams(
+                json=so.json_, json_object=bool(so.json_object), regex=so.regex,
+                choice=so.choice, grammar=so.grammar))
+        if len(specs) > 1:
+            raise ValueError("give response_format or structured_outputs, not both")
+        return specs[0] if specs else None
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """Raises ValueError (-> HTTP 400) on out-of-range values."""
@@ -49,6 +97,7 @@ class _Sampling(BaseModel):
             stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos, logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
+            structured_outputs=self.constraint(),
         )
 
     @property

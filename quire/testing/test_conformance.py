@@ -8,7 +8,9 @@
    are skipped with the reason;
 2. its write_kv scatters K/V by slot_mapping, padding going to the null block;
 3. end to end, its greedy tokens equal the cpu backend's on a small model, for each
-   declared block size, with chunked prefill and prefix-cache hits, in fp32 and bf16.
+   declared block size, with chunked prefill and prefix-cache hits, in fp32 and bf16;
+4. its sampler applies structured-output token bitmasks (JSON schema, regex, choice,
+   grammar): a random-weight model's outputs satisfy their constraints.
 
 A backend that is not registered, not available, or whose plugin or executor fails to
 load is a failure with the reason, never a silent pass (--quire-skip-unavailable turns that
@@ -229,3 +231,35 @@ def test_greedy_matches_cpu_bfloat16(backend, caps, model_dir):
     block_size = caps.default_block_size
     first, _ = _generate(model_dir, backend.spec.name, "bfloat16", block_size)
     _assert_greedy_equal(_reference(model_dir, "bfloat16"), first, NEAR_TIE["bfloat16"])
+
+
+# -- structured outputs --------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["json-matrix", "regex-date", "choice", "grammar"])
+def test_structured_outputs_hold(backend, caps, model_dir, name):
+    """The backend's sampler applies the token bitmask: a random-weight model's outputs
+    satisfy their constraint, greedy and sampled."""
+    from quire import SamplingParams
+    from quire.testing.structured_cases import CASES
+
+    spec, check = CASES[name]
+    dtype = "float32" if "float32" in caps.dtypes else caps.default_dtype
+    llm = _structured_llm(model_dir, backend.spec.name, dtype, caps.default_block_size)
+    params = [SamplingParams(temperature=t, seed=7, max_tokens=200, structured_outputs=spec)
+              for t in (0.0, 1.0)]
+    for out in llm.generate(["hello", "x y"], params, use_tqdm=False):
+        c = out.outputs[0]
+        assert c.finish_reason == "stop", (c.text, c.finish_reason, out.error)
+        check(c.text)
+
+
+_LLMS: dict[tuple, object] = {}
+
+
+def _structured_llm(model_dir: str, backend: str, dtype: str, block_size: int):
+    key = (model_dir, backend)
+    if key not in _LLMS:
+        from quire import LLM
+
+        _LLMS[key] = LLM(model_dir, backend=backend, dtype=dtype, block_size=block_size,
+                         num_blocks=1 + 8 * cdiv(256, block_size), max_model_len=256)
+    return _LLMS[key]

@@ -41,7 +41,7 @@ def test_bench_throughput_with_hf_baseline(llama_dir, tmp_path, capsys):
     assert "quire (cpu)" in out and "hf-static" in out
     (path,) = tmp_path.glob("throughput-*.json")
     doc = json.loads(path.read_text())
-    assert [r["system"] for r in doc["results"]] == ["quire (cpu)", "hf-static (batch 16)"]
+    assert [r["system"] for r in doc["results"]] == ["quire (cpu)", "hf-static (batch 16, cpu)"]
     assert list(tmp_path.glob("throughput-*.png"))
 
 

@@ -1,0 +1,134 @@
+"""Structured outputs in the core: per-request grammar state and one packed token bitmask
+per step. The grammar engine itself (llguidance, ...) sits behind GrammarBackend, built
+outside the core; compilation runs on a worker thread, cached by specification, so a
+request waits for its grammar without stalling the batch.
+
+Bitmask layout: [S, W] int32 with W = cdiv(V, 32); bit (t % 32) of word t // 32 in row r
+set means token t is allowed for sampled row r.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from quire.core.sampling_params import StructuredOutputsParams
+from quire.core.sizing import cdiv
+
+logger = logging.getLogger(__name__)
+
+
+class GrammarMatcher(Protocol):
+    """One request's position in its grammar."""
+
+    def consume(self, token_id: int) -> bool:
+        """Advance by one sampled token; False if the grammar does not allow it."""
+
+    def is_terminated(self) -> bool:
+        """The grammar is complete and allows nothing more (the request should stop)."""
+
+
+class GrammarBackend(ABC):
+    """A grammar engine. compile() may run on any thread; the rest on the engine's."""
+
+    @abstractmethod
+    def compile(self, spec: StructuredOutputsParams) -> Any:
+        """A compiled grammar for spec; ValueError (saying what is wrong) if it is invalid."""
+
+    @abstractmethod
+    def matcher(self, compiled: Any) -> GrammarMatcher:
+        """A fresh matcher at the start of a compiled grammar."""
+
+    @abstractmethod
+    def fill_bitmask(self, matchers: Sequence[tuple[GrammarMatcher, int]],
+                     bitmask: np.ndarray) -> None:
+        """Write each matcher's allowed tokens into row index of bitmask [S, W] int32."""
+
+
+@dataclass(slots=True)
+class GrammarState:
+    """A request's constraint: its compilation (shared, cached) and, once compiled, its own
+    matcher."""
+
+    compiled: concurrent.futures.Future
+    matcher: GrammarMatcher | None = None
+    error: str | None = None
+
+
+class StructuredOutputManager:
+    """Compiles constraints off the hot path and builds each step's bitmask."""
+
+    def __init__(self, backend_factory: Callable[[], GrammarBackend], vocab_size: int,
+                 eos_token_id: int | None) -> None:
+        self._factory = backend_factory
+        self._backend: GrammarBackend | None = None
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], concurrent.futures.Future] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self.num_words = cdiv(vocab_size, 32)
+
+    def backend(self) -> GrammarBackend:
+        """The grammar engine, built on first use (a tokenizer conversion, ~1 s)."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = self._factory()
+            return self._backend
+
+    def submit(self, spec: StructuredOutputsParams) -> concurrent.futures.Future:
+        """The compilation of spec: cached, started on the worker thread if new."""
+        with self._lock:
+            future = self._cache.get(spec.key)
+            if future is None:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(1, "quire-grammar")
+                future = self._pool.submit(lambda: self.backend().compile(spec))
+                self._cache[spec.key] = future
+            return future
+
+    def validate(self, spec: StructuredOutputsParams) -> None:
+        """Compile now (any thread) and raise ValueError if spec is invalid; the result is
+        cached for the request that follows."""
+        self.submit(spec).result()
+
+    def new_state(self, spec: StructuredOutputsParams) -> GrammarState:
+        return GrammarState(self.submit(spec))
+
+    def start(self, state: GrammarState) -> bool:
+        """Once compiled: give the request its matcher. False (state.error set) when the
+        constraint failed to compile."""
+        try:
+            state.matcher = self.backend().matcher(state.compiled.result())
+        except ValueError as exc:
+            state.error = f"invalid structured output constraint: {exc}"
+            return False
+        return True
+
+    def bitmask(self, states: Sequence[GrammarState | None]) -> tuple[np.ndarray, list[int]]:
+        """The step's bitmask for the sampled rows (None: unconstrained, all allowed), and
+        the rows where the constraint allows no token at all (those may only end: EOS)."""
+        mask = np.full((len(states), self.num_words), -1, dtype=np.int32)
+        rows = [(s.matcher, i) for i, s in enumerate(states)
+                if s is not None and s.matcher is not None]
+        if rows:
+            self.backend().fill_bitmask(rows, mask)
+        constrained = np.array([i for _, i in rows], dtype=np.int64)
+        dead = constrained[~mask[constrained].any(axis=1)].tolist() if rows else []
+        for row in dead:
+            mask[row] = 0
+            if self.eos_token_id is not None:
+                mask[row, self.eos_token_id // 32] = np.int32(
+                    np.uint32(1 << (self.eos_token_id % 32)).view(np.int32))
+        return mask, dead
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
