@@ -6,7 +6,6 @@ of n > 1 in parallel_sampling.py, the prompt checks in prompt_limits.py.
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import logging
 import time
@@ -226,65 +225,31 @@ class LLMEngine:
     # -- structured outputs ----------------------------------------------------------------
     def _admit_compiled(self, touched: dict[str, ParentRequest]) -> None:
         """Schedule the parents whose constraint has compiled; fail those whose constraint
-        is invalid. With nothing else to run, wait briefly for a compilation."""
+        is invalid."""
         assert self.structured is not None
-        waiting: list[ParentRequest] = []
-        for parent in self._awaiting_grammar:
-            states = [c.request.grammar for c in parent.children]
-            if not states[0].compiled.done():
-                waiting.append(parent)
-            elif all(self.structured.start(s) for s in states):
-                for child in parent.children:
-                    self.scheduler.add_request(child.request)
-            else:
-                parent.error = next(s.error for s in states if s.error)
-                for child in parent.children:
-                    child.request.status = RequestStatus.FINISHED_ERROR
-                    child.request.finished_time = time.monotonic()
-                touched[parent.request_id] = parent
-                logger.warning("request %s rejected: %s", parent.request_id, parent.error)
-        self._awaiting_grammar = waiting
-        if waiting and not self.scheduler.has_unfinished_requests():
-            concurrent.futures.wait([p.children[0].request.grammar.compiled for p in waiting],
-                                    timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED)
+        idle = not self.scheduler.has_unfinished_requests()
+        ready, failed, self._awaiting_grammar = self.structured.admit(self._awaiting_grammar,
+                                                                      wait=idle)
+        for parent in ready:
+            for child in parent.children:
+                self.scheduler.add_request(child.request)
+        for parent in failed:
+            touched[parent.request_id] = parent
+            logger.warning("request %s rejected: %s", parent.request_id, parent.error)
 
     def _grammar_bitmask(self, sched_out: SchedulerOutput, batch: Batch
                          ) -> tuple[bool, list[Request]]:
         """Put the step's token bitmask on the batch when a sampled row is constrained.
         Returns (whether any is, the requests whose constraint allows no token)."""
-        if self.structured is None or not any(r.grammar is not None
-                                              for r in sched_out.requests):
+        if self.structured is None:
             return False, []
-        sampled = [r for r, n in zip(sched_out.requests, sched_out.num_new_tokens)
-                   if r.num_computed_tokens + n == r.num_tokens]
-        states = [r.grammar for r in sampled]
-        if not any(s is not None for s in states):
-            return False, []
-        batch.sampling.token_bitmask, dead_rows = self.structured.bitmask(states)
-        return True, [sampled[i] for i in dead_rows]
+        mask, dead = self.structured.step_bitmask(sched_out.requests, sched_out.num_new_tokens)
+        batch.sampling.token_bitmask = mask
+        return mask is not None, dead
 
     def _advance_grammars(self, updated: Sequence[Request], dead: Sequence[Request]) -> None:
-        """Feed each constrained request its new token; finish those whose grammar is
-        complete (stop) or that had no allowed token (error)."""
-        complete, violated = [], []
-        dead_ids = {r.request_id for r in dead}
-        for request in updated:
-            state = request.grammar
-            if state is None or state.matcher is None or request.is_finished or \
-                    request.request_id in dead_ids:
-                continue
-            if not state.matcher.consume(request.output_token_ids[-1]):
-                request.error = "the sampled token violates the output constraint"
-                violated.append(request.request_id)
-            elif state.matcher.is_terminated():
-                complete.append(request.request_id)
-        for request in dead:
-            request.error = ("no token can continue the output under its constraint (the "
-                             "grammar cannot be satisfied with this vocabulary)")
-            if request.is_finished:
-                request.status = RequestStatus.FINISHED_ERROR
-            else:
-                violated.append(request.request_id)
+        assert self.structured is not None
+        complete, violated = self.structured.advance(updated, dead)
         self.scheduler.finish_requests(complete, RequestStatus.FINISHED_STOPPED)
         self.scheduler.finish_requests(violated, RequestStatus.FINISHED_ERROR)
 

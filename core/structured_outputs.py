@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from quire.core.parallel_sampling import ParentRequest
+from quire.core.request import Request, RequestStatus
 from quire.core.sampling_params import StructuredOutputsParams
 from quire.core.sizing import cdiv
 
@@ -111,6 +114,68 @@ class StructuredOutputManager:
             state.error = f"invalid structured output constraint: {exc}"
             return False
         return True
+
+    def admit(self, parents: list[ParentRequest], wait: bool
+              ) -> tuple[list[ParentRequest], list[ParentRequest], list[ParentRequest]]:
+        """Sort parents awaiting their grammar into (ready: each child has its matcher,
+        failed: children finished with the compile error, still waiting). wait: nothing
+        else can run, so block up to 50 ms for a compilation rather than spin."""
+        if wait and parents:
+            concurrent.futures.wait([p.children[0].request.grammar.compiled for p in parents],
+                                    timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED)
+        ready, failed, waiting = [], [], []
+        for parent in parents:
+            states = [c.request.grammar for c in parent.children]
+            if not states[0].compiled.done():
+                waiting.append(parent)
+            elif all(self.start(s) for s in states):
+                ready.append(parent)
+            else:
+                parent.error = next(s.error for s in states if s.error)
+                for child in parent.children:
+                    child.request.status = RequestStatus.FINISHED_ERROR
+                    child.request.finished_time = time.monotonic()
+                failed.append(parent)
+        return ready, failed, waiting
+
+    def step_bitmask(self, requests: Sequence[Request], num_new_tokens: Sequence[int]
+                     ) -> tuple[np.ndarray | None, list[Request]]:
+        """The bitmask of a step's sampled rows (a request samples when this step completes
+        its tokens), None when none is constrained; and the requests allowed no token."""
+        if not any(r.grammar is not None for r in requests):
+            return None, []
+        sampled = [r for r, n in zip(requests, num_new_tokens)
+                   if r.num_computed_tokens + n == r.num_tokens]
+        states = [r.grammar for r in sampled]
+        if not any(s is not None for s in states):
+            return None, []
+        mask, dead_rows = self.bitmask(states)
+        return mask, [sampled[i] for i in dead_rows]
+
+    def advance(self, updated: Sequence[Request], dead: Sequence[Request]
+                ) -> tuple[list[str], list[str]]:
+        """Feed each constrained request its new token. Returns the ids to finish as
+        complete (grammar done: stop) and as violated (error, reason on the request)."""
+        complete, violated = [], []
+        dead_ids = {r.request_id for r in dead}
+        for request in updated:
+            state = request.grammar
+            if state is None or state.matcher is None or request.is_finished or \
+                    request.request_id in dead_ids:
+                continue
+            if not state.matcher.consume(request.output_token_ids[-1]):
+                request.error = "the sampled token violates the output constraint"
+                violated.append(request.request_id)
+            elif state.matcher.is_terminated():
+                complete.append(request.request_id)
+        for request in dead:
+            request.error = ("no token can continue the output under its constraint (the "
+                             "grammar cannot be satisfied with this vocabulary)")
+            if request.is_finished:
+                request.status = RequestStatus.FINISHED_ERROR
+            else:
+                violated.append(request.request_id)
+        return complete, violated
 
     def bitmask(self, states: Sequence[GrammarState | None]) -> tuple[np.ndarray, list[int]]:
         """The step's bitmask for the sampled rows (None: unconstrained, all allowed), and

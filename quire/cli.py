@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: $QUIRE_API_KEY; unset: no key)")
     srv.add_argument("--max-request-bytes", type=int, default=8 << 20,
                      help="answer 413 to larger request bodies (default 8 MiB)")
+    srv.add_argument("--tool-call-parser", default="hermes",
+                     choices=["hermes", "qwen", "llama3_json", "mistral"],
+                     help="how the model writes tool calls (default hermes: <tool_call> JSON)")
     srv.set_defaults(func=_cmd_serve)
 
     chat = sub.add_parser("chat", help="chat with a model in the terminal",

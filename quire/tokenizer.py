@@ -42,12 +42,14 @@ class HFTokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, Any]],
                             add_generation_prompt: bool = True,
-                            chat_template: str | None = None) -> list[int]:
+                            chat_template: str | None = None,
+                            tools: list[dict[str, Any]] | None = None) -> list[int]:
         if chat_template is None and not getattr(self.hf, "chat_template", None):
             raise ValueError("this model's tokenizer has no chat template; pass chat_template= "
                              "or use generate() with a plain prompt")
         ids = self.hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                          chat_template=chat_template, tokenize=True)
+                                          chat_template=chat_template, tokenize=True,
+                                          tools=tools)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)

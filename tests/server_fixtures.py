@@ -3,6 +3,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -19,15 +20,17 @@ class Server:
     def __init__(self, model_dir: str, *extra: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The log goes to a file: an unread pipe would block a server that logs much.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "quire.cli", "serve", model_dir, "--port", str(self.port),
              "--dtype", "float32", "--num-blocks", "256", "--block-size", "8",
              "--served-model-name", "tiny", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"server exited: {self.output()}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
@@ -35,6 +38,11 @@ class Server:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("server did not come up in 120 s")
+
+    def output(self) -> str:
+        """Everything the server has logged so far."""
+        self.log.seek(0)
+        return self.log.read()
 
     def metric(self, name: str, default: float | None = None) -> float:
         for line in httpx.get(self.url + "/metrics").text.splitlines():

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quire import __version__
-from quire.server import handlers
+from quire.server import chat, handlers
 from quire.server.async_engine import AsyncEngine, EngineOverloaded
 from quire.server.guards import ApiKeyGuard, BodySizeLimit
 from quire.server.protocol import (
@@ -22,22 +22,25 @@ from quire.server.protocol import (
     TokenizeRequest,
 )
 from quire.server.state import APIError, ServerState, error_response
+from quire.server.tool_parsers import get_parser
 
 DEFAULT_MAX_REQUEST_BYTES = 8 << 20
 
 
 def build_app(engine: AsyncEngine, model_name: str, *, api_key: str | None = None,
-              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+              tool_call_parser: str = "hermes") -> FastAPI:
     """The OpenAI-compatible app over a running AsyncEngine. api_key: every /v1/* route
     then requires `Authorization: Bearer <api_key>`. max_request_bytes: larger bodies get
-    413 before they are read."""
+    413 before they are read. tool_call_parser: the tool-call format of the model's chat
+    template (quire.server.tool_parsers.PARSERS)."""
     app = FastAPI(title="quire", version=__version__)
     tokenizer = copy.copy(engine.tokenizer)
     tokenizer.hf = copy.deepcopy(engine.tokenizer.hf)  # Rust tokenizers: one per thread
     vocab = tokenizer.hf.get_vocab()
     state = ServerState(engine, tokenizer, model_name,
                         concurrent.futures.ThreadPoolExecutor(1, "quire-tokenizer"),
-                        max((len(t) for t in vocab), default=1))
+                        max((len(t) for t in vocab), default=1), get_parser(tool_call_parser))
     app.state.quire = state
     # Outermost first: the size cap runs before anything reads the body.
     if api_key:
@@ -91,7 +94,7 @@ def build_app(engine: AsyncEngine, model_name: str, *, api_key: str | None = Non
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, raw: Request):
-        return await handlers.chat_completions(state, req)
+        return await chat.chat_completions(state, req)
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest) -> dict:
@@ -101,7 +104,7 @@ def build_app(engine: AsyncEngine, model_name: str, *, api_key: str | None = Non
         if req.prompt is not None:
             ids = await handlers.prompt_ids(state, req.prompt)
         else:
-            ids = await handlers.chat_prompt_ids(state, req.messages, req.add_generation_prompt)
+            ids = await chat.chat_prompt_ids(state, req.messages, req.add_generation_prompt)
         return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
 
     @app.post("/detokenize")

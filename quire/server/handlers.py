@@ -1,4 +1,5 @@
-"""/v1/completions and /v1/chat/completions: whole responses and SSE streams."""
+"""/v1/completions (whole responses and SSE streams) and what the chat handler shares with
+it: constraint checks, prompt tokenizing, merging, SSE, usage and logprobs formatting."""
 
 from __future__ import annotations
 
@@ -14,26 +15,17 @@ from fastapi.responses import StreamingResponse
 from quire.core.outputs import CompletionOutput, RequestOutput
 from quire.core.sampling_params import SamplingParams
 from quire.server.async_engine import EngineOverloaded
-from quire.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from quire.server.protocol import CompletionRequest
 from quire.server.state import APIError, ServerState, error_body
 
 
 @dataclass
-class _Sent:
+class Sent:
     """How much of one choice a stream has already sent."""
 
     text: int = 0
     tokens: int = 0
     finished: bool = False
-
-
-async def chat_prompt_ids(state: ServerState, messages: list[ChatMessage],
-                          add_generation_prompt: bool) -> list[int]:
-    """The chat template applied and tokenized on the tokenizer thread."""
-    conversation = [{"role": m.role, "content": m.text()} for m in messages]
-    state.check_text_length(sum(len(m["content"]) for m in conversation))
-    return await state.off_loop(state.tokenizer.apply_chat_template, conversation,
-                                add_generation_prompt)
 
 
 async def check_constraint(state: ServerState, params: SamplingParams) -> None:
@@ -87,11 +79,11 @@ async def completions(state: ServerState, req: CompletionRequest):
         raise
     created = int(time.time())
     if req.stream:
-        return _sse(_completion_stream(state, req, rid, created, gens, echoes, params))
-    finals = await _collect(gens)
+        return sse(_completion_stream(state, req, rid, created, gens, echoes, params))
+    finals = await collect(gens)
     choices = []
     for i, out in enumerate(finals):
-        _raise_if_error(out)
+        raise_if_error(out)
         echo = echoes[i]
         for c in out.outputs:
             choices.append({
@@ -101,51 +93,28 @@ async def completions(state: ServerState, req: CompletionRequest):
                 "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
             })
     return {"id": rid, "object": "text_completion", "created": created,
-            "model": state.model_name, "choices": choices, "usage": _usage(finals)}
-
-
-async def chat_completions(state: ServerState, req: ChatCompletionRequest):
-    state.check_model(req.model)
-    max_tokens = req.max_completion_tokens or req.max_tokens
-    params = req.sampling_params(max_tokens, req.num_logprobs())
-    await check_constraint(state, params)
-    ids = await chat_prompt_ids(state, req.messages, req.add_generation_prompt)
-    state.check_prompt(ids, max_tokens)
-    rid = f"chatcmpl-{uuid.uuid4().hex}"
-    gen = state.engine.generate(rid, ids, params)
-    created = int(time.time())
-    if req.stream:
-        return _sse(_chat_stream(state, req, rid, created, gen, params))
-    (final,) = await _collect([gen])
-    _raise_if_error(final)
-    choices = [{
-        "index": c.index, "message": {"role": "assistant", "content": c.text},
-        "logprobs": {"content": _chat_logprobs(c, 0)} if req.logprobs else None,
-        "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
-    } for c in final.outputs]
-    return {"id": rid, "object": "chat.completion", "created": created,
-            "model": state.model_name, "choices": choices, "usage": _usage([final])}
+            "model": state.model_name, "choices": choices, "usage": usage(finals)}
 
 
 # -- streams -------------------------------------------------------------------------------
 async def _completion_stream(state, req, rid, created, gens, echoes: list[str],
                              params: SamplingParams) -> AsyncIterator[str]:
-    sent: dict[int, _Sent] = {}
+    sent: dict[int, Sent] = {}
     finals: dict[int, RequestOutput] = {}
     head = {"id": rid, "object": "text_completion", "created": created,
             "model": state.model_name}
     if req.echo:
         for i, echo in enumerate(echoes):
             for k in range(params.n):
-                yield _event({**head, "choices": [{"index": i * params.n + k, "text": echo,
+                yield event({**head, "choices": [{"index": i * params.n + k, "text": echo,
                                                    "logprobs": None, "finish_reason": None}]})
-    async for i, out in _merge(gens):
+    async for i, out in merge(gens):
         if out.error:
-            yield _event(error_body(400, out.error, "invalid_request_error"))
+            yield event(error_body(400, out.error, "invalid_request_error"))
             continue
         for c in out.outputs:
             index = i * params.n + c.index
-            s = sent.setdefault(index, _Sent())
+            s = sent.setdefault(index, Sent())
             if s.finished:
                 continue
             delta = c.text[s.text:]
@@ -154,54 +123,18 @@ async def _completion_stream(state, req, rid, created, gens, echoes: list[str],
             if not delta and not c.finished and logprobs is None:
                 continue
             s.text, s.tokens, s.finished = len(c.text), len(c.token_ids), c.finished
-            yield _event({**head, "choices": [{
+            yield event({**head, "choices": [{
                 "index": index, "text": delta, "logprobs": logprobs,
                 "finish_reason": c.finish_reason if c.finished else None,
                 "stop_reason": c.stop_reason if c.finished else None}]})
         if out.finished:
             finals[i] = out
     if req.include_usage:
-        yield _event({**head, "choices": [], "usage": _usage(list(finals.values()))})
+        yield event({**head, "choices": [], "usage": usage(list(finals.values()))})
     yield "data: [DONE]\n\n"
 
 
-async def _chat_stream(state, req, rid, created, gen, params) -> AsyncIterator[str]:
-    head = {"id": rid, "object": "chat.completion.chunk", "created": created,
-            "model": state.model_name}
-    for k in range(params.n):
-        yield _event({**head, "choices": [{"index": k, "delta": {"role": "assistant",
-                                                                 "content": ""},
-                                           "logprobs": None, "finish_reason": None}]})
-    sent: dict[int, _Sent] = {}
-    final = None
-    async for _, out in _merge([gen]):
-        if out.error:
-            yield _event(error_body(400, out.error, "invalid_request_error"))
-            continue
-        for c in out.outputs:
-            s = sent.setdefault(c.index, _Sent())
-            if s.finished:
-                continue
-            delta = c.text[s.text:]
-            logprobs = {"content": _chat_logprobs(c, s.tokens)} if req.logprobs else None
-            if delta or (logprobs and logprobs["content"]):
-                yield _event({**head, "choices": [{"index": c.index,
-                                                   "delta": {"content": delta},
-                                                   "logprobs": logprobs,
-                                                   "finish_reason": None}]})
-            s.text, s.tokens, s.finished = len(c.text), len(c.token_ids), c.finished
-            if c.finished:
-                yield _event({**head, "choices": [{"index": c.index, "delta": {},
-                                                   "logprobs": None,
-                                                   "finish_reason": c.finish_reason,
-                                                   "stop_reason": c.stop_reason}]})
-        final = out
-    if req.include_usage and final is not None:
-        yield _event({**head, "choices": [], "usage": _usage([final])})
-    yield "data: [DONE]\n\n"
-
-
-async def _merge(gens: Sequence[AsyncIterator[RequestOutput]]
+async def merge(gens: Sequence[AsyncIterator[RequestOutput]]
                  ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Interleave several requests' outputs as they come. If the consumer stops (client
     gone), the pumps are cancelled and each request is aborted by its generator."""
@@ -238,14 +171,14 @@ async def _merge(gens: Sequence[AsyncIterator[RequestOutput]]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _collect(gens: Sequence[AsyncIterator[RequestOutput]]) -> list[RequestOutput]:
+async def collect(gens: Sequence[AsyncIterator[RequestOutput]]) -> list[RequestOutput]:
     finals: list[RequestOutput | None] = [None] * len(gens)
-    async for i, out in _merge(gens):
+    async for i, out in merge(gens):
         finals[i] = out
     return finals  # type: ignore[return-value]
 
 
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+def sse(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(_first_error_as_json(events), media_type="text/event-stream")
 
 
@@ -255,21 +188,21 @@ async def _first_error_as_json(events: AsyncIterator[str]) -> AsyncIterator[str]
             yield e
     except (ValueError, EngineOverloaded) as exc:
         status = 503 if isinstance(exc, EngineOverloaded) else 400
-        yield _event(error_body(status, str(exc), "invalid_request_error"))
+        yield event(error_body(status, str(exc), "invalid_request_error"))
         yield "data: [DONE]\n\n"
 
 
 # -- formatting ----------------------------------------------------------------------------
-def _event(obj: dict) -> str:
+def event(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _raise_if_error(out: RequestOutput) -> None:
+def raise_if_error(out: RequestOutput) -> None:
     if out.error:
         raise APIError(400, out.error)
 
 
-def _usage(finals: Sequence[RequestOutput]) -> dict:
+def usage(finals: Sequence[RequestOutput]) -> dict:
     prompt = sum(len(o.prompt_token_ids) for o in finals)
     completion = sum(len(c.token_ids) for o in finals for c in o.outputs)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
@@ -294,7 +227,7 @@ def _completion_logprobs(c: CompletionOutput, start: int, text_offset: int) -> d
             "text_offset": offsets}
 
 
-def _chat_logprobs(c: CompletionOutput, start: int) -> list[dict]:
+def chat_logprobs(c: CompletionOutput, start: int) -> list[dict]:
     if c.logprobs is None:
         return []
     content = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -141,6 +142,49 @@ class ChatMessage(BaseModel):
             parts.append(part["text"])
         return "".join(parts)
 
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates read it: text content, and an assistant's earlier
+        tool calls (arguments as objects) or a tool result's call id and name."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        extra = self.model_extra or {}
+        if extra.get("tool_calls"):
+            calls = []
+            for call in extra["tool_calls"]:
+                fn = dict(call.get("function") or {})
+                if isinstance(fn.get("arguments"), str):
+                    try:
+                        fn["arguments"] = json.loads(fn["arguments"] or "{}")
+                    except ValueError as exc:
+                        raise ValueError("tool_calls[].function.arguments must be JSON") \
+                            from exc
+                calls.append({**call, "function": fn})
+            message["tool_calls"] = calls
+        for key in ("tool_call_id", "name"):
+            if isinstance(extra.get(key), str):
+                message[key] = extra[key]
+        return message
+
+
+class FunctionSpec(BaseModel):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -149,6 +193,9 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     add_generation_prompt: bool = True
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     def num_logprobs(self) -> int | None:
         if not self.logprobs:

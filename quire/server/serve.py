@@ -35,7 +35,8 @@ def run_server(args: argparse.Namespace, config: EngineConfig) -> int:
     api_key = args.api_key or os.environ.get("QUIRE_API_KEY") or None
     engine = AsyncEngine(create_engine(config), args.max_waiting_requests)
     app = build_app(engine, args.served_model_name or served_name(config.model),
-                    api_key=api_key, max_request_bytes=args.max_request_bytes)
+                    api_key=api_key, max_request_bytes=args.max_request_bytes,
+                    tool_call_parser=args.tool_call_parser)
     logger.info("serving %s at http://%s:%d/v1%s", config.model, args.host, args.port,
                 " (API key required)" if api_key else "")
     try:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from fastapi.responses import JSONResponse
 
 from quire.server.async_engine import AsyncEngine
+from quire.server.tool_parsers import ToolParser
 from quire.tokenizer import HFTokenizer
 
 T = TypeVar("T")
@@ -47,6 +48,7 @@ class ServerState:
     # A lower bound on characters per token is unknowable, but no token spans more than
     # max_token_chars characters: a text longer than that many per allowed token cannot fit.
     max_token_chars: int
+    tool_parser: ToolParser  # --tool-call-parser: reads tool calls out of chat outputs
 
     @property
     def max_model_len(self) -> int:

@@ -110,3 +110,12 @@ def test_chat(client):
     assert text == r.choices[0].message.content
     finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finish) == 1 and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_server_logged_no_exception(server, client):
+    """After the streams above: the server raised nothing inside the ASGI app."""
+    stream = client.completions.create(model="tiny", prompt="x", max_tokens=3, stream=True,
+                                       stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    assert "Traceback" not in server.output()
