@@ -51,6 +51,14 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--output-len", type=int, default=16)
     pre.set_defaults(func=_prefix)
 
+    so = kinds.add_parser("structured", help="cost of structured outputs: step time with "
+                          "JSON-schema masks vs none, TTFT of a new schema")
+    add_engine_args(so)
+    _common(so)
+    so.add_argument("--batch-sizes", default="1,16,64", help="running requests (comma list)")
+    so.add_argument("--num-steps", type=int, default=30, help="decode steps measured")
+    so.set_defaults(func=_structured)
+
     srv = kinds.add_parser("serve", help="drive a running `quire serve` over HTTP")
     srv.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     srv.add_argument("--num-requests", type=int, default=64)
@@ -154,6 +162,25 @@ def _prefix(args: argparse.Namespace) -> int:
     sys.stdout.write(f"prefix caching speedup: {speedup:.2f}x\n")
     return _finish("prefix", rows, {"model": model, "workload": workload.name,
                                     "speedup": speedup}, args.output_dir)
+
+
+def _structured(args: argparse.Namespace) -> int:
+    from quire.bench.structured import run_structured
+
+    model = bench_model(args)
+    llm = _llm(args, model)
+    sizes = [int(n) for n in args.batch_sizes.split(",") if n.strip()]
+    rows = run_structured(llm, sizes, args.num_steps)
+    lines = [f"{r['running']:>4} running: {r['step_ms_unconstrained']:.2f} ms/step free, "
+             f"{r['step_ms_json_schema']:.2f} ms/step JSON schema ({r['overhead_pct']:+.1f}%)"
+             for r in rows if "running" in r]
+    ttft = rows[-1]
+    lines.append(f"TTFT: new schema {ttft['ttft_ms_new_schema']:.1f} ms, cached "
+                 f"{ttft['ttft_ms_cached_schema']:.1f} ms")
+    path = report.write("structured", rows, {"model": model, "batch_sizes": sizes,
+                                             "num_steps": args.num_steps}, args.output_dir)
+    sys.stdout.write("\n".join(lines) + f"\nwritten: {path}\n")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -60,8 +60,11 @@ def _plot(rows: list[dict[str, Any]], path: str, kind: str) -> None:
     except ImportError:
         logger.info("matplotlib not installed: no plot (pip install 'quire[bench]')")
         return
-    metrics = [m for m in ("output_tok_per_s", "ttft_s_p50", "itl_s_p50")
+    metrics = [m for m in ("output_tok_per_s", "ttft_s_p50", "itl_s_p50",
+                           "step_ms_unconstrained", "step_ms_json_schema")
                if any(m in r for r in rows)]
+    if not metrics:
+        return
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     labels = [r["system"] for r in rows]
     for ax, m in zip(axes[0], metrics):

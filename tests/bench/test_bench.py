@@ -73,3 +73,15 @@ def test_unknown_baseline(llama_dir, capsys):
     assert cli_main(["bench", "throughput", "--model", llama_dir, "--baselines", "llamacpp",
                      "--num-requests", "2", "--num-blocks", "32"]) == 2
     assert "unknown baseline" in capsys.readouterr().err
+
+
+def test_bench_structured(llama_dir, tmp_path, capsys):
+    assert cli_main(["bench", "structured", "--model", llama_dir, "--batch-sizes", "1,3",
+                     "--num-steps", "3", "--dtype", "float32", "--output-dir",
+                     str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 running:" in out and "TTFT: new schema" in out
+    (path,) = tmp_path.glob("structured-*.json")
+    rows = json.loads(path.read_text())["results"]
+    assert [r.get("running") for r in rows[:2]] == [1, 3]
+    assert all(r["step_ms_json_schema"] > 0 for r in rows[:2])
