@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ from quire.core.sampling_params import StructuredOutputsParams
 from quire.core.sizing import cdiv
 
 logger = logging.getLogger(__name__)
+
+CACHE_SIZE = 512  # compiled grammars kept
 
 
 class GrammarMatcher(Protocol):
@@ -73,7 +76,9 @@ class StructuredOutputManager:
         self._factory = backend_factory
         self._backend: GrammarBackend | None = None
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str], concurrent.futures.Future] = {}
+        # Compiled grammars by specification, least recently used first; bounded, so a
+        # server fed endless distinct schemas does not grow without limit.
+        self._cache: OrderedDict[tuple[str, str], concurrent.futures.Future] = OrderedDict()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.vocab_size = vocab_size
         self.eos_token_id = eos_token_id
@@ -95,6 +100,10 @@ class StructuredOutputManager:
                     self._pool = concurrent.futures.ThreadPoolExecutor(1, "quire-grammar")
                 future = self._pool.submit(lambda: self.backend().compile(spec))
                 self._cache[spec.key] = future
+                while len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)  # requests hold their own future
+            else:
+                self._cache.move_to_end(spec.key)
             return future
 
     def validate(self, spec: StructuredOutputsParams) -> None:

@@ -167,3 +167,17 @@ def test_constraint_params_validate():
     engine = make_engine()  # no grammar backend
     with pytest.raises(ValueError, match="not available"):
         engine.add_request("a", word("x"))
+
+
+def test_compiled_grammars_are_cached_and_bounded(monkeypatch):
+    from quire.core import structured_outputs
+
+    monkeypatch.setattr(structured_outputs, "CACHE_SIZE", 2)
+    manager = StructuredOutputManager(WordBackend, 100, eos_token_id=99)
+    a = manager.submit(StructuredOutputsParams(regex="ab"))
+    assert manager.submit(StructuredOutputsParams(regex="ab")) is a  # cached
+    for w in ("cd", "ef", "gh"):
+        manager.submit(StructuredOutputsParams(regex=w))
+    assert len(manager._cache) == 2
+    assert a.result() == [0, 1]  # an evicted compilation still completes for its holder
+    manager.shutdown()
