@@ -19,7 +19,7 @@ null block) and requests with zero-length queries and seq_lens 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -81,6 +81,9 @@ class Batch:
     max_query_len: int
     max_seq_len: int
     block_size: int
+    # Which scheduled requests sample this step (indices into SchedulerOutput.requests), in
+    # logits_indices order: the rows of sampling and of the model output.
+    sampled_req_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def build_batch(
@@ -158,6 +161,7 @@ def build_batch(
         max_query_len=int(num_new.max(initial=0)),
         max_seq_len=int(seq_lens.max(initial=0)),
         block_size=block_size,
+        sampled_req_indices=np.flatnonzero(is_sampling),
     )
 
 

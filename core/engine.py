@@ -243,7 +243,7 @@ class LLMEngine:
         Returns (whether any is, the requests whose constraint allows no token)."""
         if self.structured is None:
             return False, []
-        mask, dead = self.structured.step_bitmask(sched_out.requests, sched_out.num_new_tokens)
+        mask, dead = self.structured.step_bitmask(sched_out.requests, batch.sampled_req_indices)
         batch.sampling.token_bitmask = mask
         return mask is not None, dead
 

@@ -147,14 +147,13 @@ class StructuredOutputManager:
                 failed.append(parent)
         return ready, failed, waiting
 
-    def step_bitmask(self, requests: Sequence[Request], num_new_tokens: Sequence[int]
+    def step_bitmask(self, requests: Sequence[Request], sampled_req_indices: np.ndarray
                      ) -> tuple[np.ndarray | None, list[Request]]:
-        """The bitmask of a step's sampled rows (a request samples when this step completes
-        its tokens), None when none is constrained; and the requests allowed no token."""
+        """The bitmask of a step's sampled rows (Batch.sampled_req_indices into requests),
+        None when none is constrained; and the requests allowed no token."""
         if not any(r.grammar is not None for r in requests):
             return None, []
-        sampled = [r for r, n in zip(requests, num_new_tokens)
-                   if r.num_computed_tokens + n == r.num_tokens]
+        sampled = [requests[i] for i in sampled_req_indices.tolist()]
         states = [r.grammar for r in sampled]
         if not any(s is not None for s in states):
             return None, []

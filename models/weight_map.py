@@ -81,7 +81,7 @@ def shard_sizes(cfg: ModelArchConfig, part: str) -> tuple[int, ...]:
 
 def expected_targets(cfg: ModelArchConfig) -> list[WeightTarget]:
     """Every (parameter, shard) a complete checkpoint of this architecture fills."""
-    parts = {fused_shard for fused_shard in _LAYER_PARTS.values()}
+    parts = set(_LAYER_PARTS.values())
     if not cfg.qkv_bias:
         parts = {p for p in parts if p[0] != "qkv_proj.bias"}
     if not cfg.qk_norm:

@@ -29,53 +29,63 @@ LIMITS = {"triton_tests": 100, "greedy": 70, "attention": 210, "throughput": 120
 
 
 # -- steps run in child processes (`--step NAME`), each printing one JSON line -------------
-def step_greedy(dry: bool) -> dict[str, Any]:
-    from quire import LLM, SamplingParams
+COMMON = dict(dtype="float32", block_size=16, num_blocks=64, max_model_len=256)
+
+
+def _agreement(model: str, backend: str, ref: list, max_tokens: int) -> dict[str, Any]:
+    """backend's greedy tokens on model against the cpu reference outputs ref."""
+    from quire import LLM
     from quire.testing.compare import greedy_agreement
+
+    got = LLM(model, backend=backend, **COMMON).generate(
+        [{"prompt_token_ids": r.prompt_token_ids} for r in ref], _greedy(max_tokens),
+        use_tqdm=False)
+    agreement = greedy_agreement(ref, got, 1e-3)
+    return {"ok": agreement.ok, "tokens_compared": agreement.num_compared,
+            "mismatches": agreement.mismatches}
+
+
+def _greedy(max_tokens: int):
+    from quire import SamplingParams
+
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, logprobs=2)
+
+
+def _reference(arch: str, lengths: tuple[int, ...], max_tokens: int) -> tuple[str, list]:
+    """(a tiny random model of arch, the cpu backend's greedy outputs on it)."""
+    from quire import LLM
     from quire.testing.tiny_models import build_model
 
+    model = build_model(tempfile.mkdtemp(prefix=f"gpu-check-{arch}-"), arch)
+    prompts = [{"prompt_token_ids": list(range(3, 3 + n))} for n in lengths]
+    ref = LLM(model, backend="cpu", **COMMON).generate(prompts, _greedy(max_tokens),
+                                                       use_tqdm=False)
+    return model, ref
+
+
+def step_greedy(dry: bool) -> dict[str, Any]:
     backend = "triton-interpret" if dry else "cuda"
-    params = SamplingParams(temperature=0, max_tokens=8 if dry else 24, ignore_eos=True,
-                            logprobs=2)
-    prompts = [{"prompt_token_ids": list(range(3, 3 + n))} for n in (1, 7, 40)]
+    max_tokens = 8 if dry else 24
     rows = []
     for arch in ARCHS:
-        model = build_model(tempfile.mkdtemp(prefix=f"gpu-check-{arch}-"), arch)
-        common = dict(dtype="float32", block_size=16, num_blocks=64, max_model_len=256)
-        ref = LLM(model, backend="cpu", **common).generate(prompts, params, use_tqdm=False)
+        model, ref = _reference(arch, (1, 7, 40), max_tokens)
         for graphs in ("1", "0"):
             os.environ["QUIRE_CUDA_GRAPHS"] = graphs
-            got = LLM(model, backend=backend, **common).generate(prompts, params,
-                                                                 use_tqdm=False)
-            agreement = greedy_agreement(ref, got, 1e-3)
-            rows.append({"arch": arch, "cuda_graphs": graphs == "1", "ok": agreement.ok,
-                         "tokens_compared": agreement.num_compared,
-                         "mismatches": agreement.mismatches})
+            rows.append({"arch": arch, "cuda_graphs": graphs == "1",
+                         **_agreement(model, backend, ref, max_tokens)})
     return {"ok": all(r["ok"] for r in rows), "backend": backend, "rows": rows}
 
 
 def step_jax(dry: bool) -> dict[str, Any]:
     import jax
 
-    from quire import LLM, SamplingParams
-    from quire.testing.compare import greedy_agreement
-    from quire.testing.tiny_models import build_model
-
-    model = build_model(tempfile.mkdtemp(prefix="gpu-check-jax-"), "llama")
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=2)
-    prompts = [{"prompt_token_ids": list(range(3, 3 + n))} for n in (1, 9, 30)]
-    common = dict(dtype="float32", block_size=16, num_blocks=64, max_model_len=256)
-    ref = LLM(model, backend="cpu", **common).generate(prompts, params, use_tqdm=False)
+    model, ref = _reference("llama", (1, 9, 30), 8)
     result: dict[str, Any] = {"jax_platform": jax.default_backend(),
                               "devices": [str(d) for d in jax.devices()]}
     for attention in ("reference",) if dry else ("reference", "pallas"):
         os.environ["QUIRE_TPU_ATTENTION"] = attention
         try:
-            got = LLM(model, backend="tpu", **common).generate(prompts, params,
-                                                               use_tqdm=False)
-            agreement = greedy_agreement(ref, got, 1e-3)
-            result[attention] = {"ok": agreement.ok, "tokens_compared": agreement.num_compared,
-                                 "mismatches": agreement.mismatches}
+            result[attention] = _agreement(model, "tpu", ref, 8)
         except Exception as exc:  # the Pallas TPU kernel may not lower on a GPU: record it
             result[attention] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
     result["ok"] = result["reference"]["ok"]

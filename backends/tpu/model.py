@@ -87,13 +87,14 @@ def load_params(cfg: ModelArchConfig, weights: Iterable[tuple[str, np.ndarray]],
     quire.models.weight_map says)."""
     shards: dict[str, dict[int, np.ndarray]] = {}
     loaded: set[WeightTarget] = set()
+    expected = expected_targets(cfg)
     for name, array in weights:
         target = weight_target(name, cfg)
         if target is None:
             continue
         shards.setdefault(target.name, {})[target.shard or 0] = array
         loaded.add(target)
-    missing = [t.name for t in expected_targets(cfg) if t not in loaded]
+    missing = [t.name for t in expected if t not in loaded]
     if missing:
         raise ValueError(f"checkpoint is missing tensors: {missing[:8]}")
 
@@ -102,12 +103,11 @@ def load_params(cfg: ModelArchConfig, weights: Iterable[tuple[str, np.ndarray]],
         whole = np.concatenate([np.asarray(parts[i], np.float32) for i in sorted(parts)])
         return jnp.asarray(whole.T if transpose else whole, dtype=dtype)
 
-    layers = []
-    for i in range(cfg.num_layers):
-        names = [t.part for t in expected_targets(cfg) if t.layer == i]
-        # Matrices input-major (x @ W); vectors as they are.
-        layers.append({part: put(f"layers.{i}.{part}", part.endswith("proj.weight"))
-                       for part in names})
+    layers: list[dict[str, jax.Array]] = [{} for _ in range(cfg.num_layers)]
+    for t in expected:
+        if t.layer is not None and t.part not in layers[t.layer]:
+            # Matrices input-major (x @ W); vectors as they are.
+            layers[t.layer][t.part] = put(t.name, t.part.endswith("proj.weight"))
     embed = put("embed_tokens.weight")
     lm_head = embed.T if cfg.tie_word_embeddings else put("lm_head.weight", True)
     return {"embed": embed, "norm": put("norm.weight"), "lm_head": lm_head, "layers": layers}

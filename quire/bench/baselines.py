@@ -101,7 +101,9 @@ def main():
     outs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     num_out = sum(len(o.outputs[0].token_ids) for o in outs)
-    print("QUIRE-BENCH " + json.dumps({"elapsed_s": elapsed, "num_out": num_out}), flush=True)
+    sys.stdout.write("QUIRE-BENCH " + json.dumps({"elapsed_s": elapsed, "num_out": num_out})
+                     + "\n")
+    sys.stdout.flush()
 if __name__ == "__main__":
     main()
 '''

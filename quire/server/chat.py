@@ -102,12 +102,10 @@ def _message(c: CompletionOutput, parser: ToolParser | None
     content = c.text
     if parser is not None:
         content, calls = parser.extract(c.text)
-    message: dict[str, Any] = {"role": "assistant", "content": content or None if calls
-                               else content}
-    if calls:
-        message["tool_calls"] = [call.as_openai() for call in calls]
-        return message, "tool_calls"
-    return message, c.finish_reason
+    if not calls:
+        return {"role": "assistant", "content": c.text}, c.finish_reason
+    return ({"role": "assistant", "content": content or None,  # OpenAI: null beside calls
+             "tool_calls": [call.as_openai() for call in calls]}, "tool_calls")
 
 
 async def _chat_stream(state, req, rid, created, gen, params,
