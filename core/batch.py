@@ -9,8 +9,14 @@ query_start_loc[i]:query_start_loc[i+1], the last ones of its seq_lens[i] positi
     query_start_loc[R+1]     int32   prefix sums of the scheduled token counts
     seq_lens       [R]       int32   context length after this step (computed + new)
     block_tables   [R, B]    int32   each request's blocks, padded with the null block 0
-    logits_indices [S]       int32   tokens whose logits are sampled (S requests that
-                                     finish catching up in this step)
+    logits_indices [L]       int32   tokens whose logits are sampled: the last token of
+                                     each of the S requests that finish catching up in
+                                     this step, and with speculative decoding its k draft
+                                     positions before it (L = S + drafts)
+    logits_row_start [S+1]   int32   sampled request i owns logits rows
+                                     logits_row_start[i]:logits_row_start[i+1]
+    draft_token_ids [L]      int32   the draft token each row verifies (the next input
+                                     token), -1 on each request's last row
 
 Padding to a backend's buckets adds tokens with input id 0, position 0 and slot 0 (the
 null block) and requests with zero-length queries and seq_lens 0.
@@ -30,7 +36,9 @@ from quire.core.scheduler import SchedulerOutput
 
 @dataclass(slots=True)
 class SamplingBatch:
-    """Per-row sampling parameters for the S sampled requests, in logits_indices order."""
+    """Per-row sampling parameters for the L logits rows, in logits_indices order (a
+    request verifying k drafts has k + 1 rows, one per output step: row j's output_steps,
+    penalties and banned tokens count the j drafts before it)."""
 
     temperature: np.ndarray  # [S] float32; 0 means greedy
     top_p: np.ndarray  # [S] float32
@@ -82,8 +90,14 @@ class Batch:
     max_seq_len: int
     block_size: int
     # Which scheduled requests sample this step (indices into SchedulerOutput.requests), in
-    # logits_indices order: the rows of sampling and of the model output.
+    # logits row order.
     sampled_req_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    logits_row_start: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))
+    draft_token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+    @property
+    def has_drafts(self) -> bool:
+        return len(self.logits_indices) > len(self.sampled_req_indices)
 
 
 def build_batch(
@@ -120,8 +134,10 @@ def build_batch(
     )
     input_ids = np.zeros(padded_tokens, dtype=np.int32)
     ids: list[int] = []
-    for r, c, n in zip(requests, num_computed.tolist(), out.num_new_tokens):
-        ids.extend(r.all_token_ids[c : c + n])
+    drafts = out.draft_token_ids or [[]] * num_reqs
+    for r, c, n, d in zip(requests, num_computed.tolist(), out.num_new_tokens, drafts):
+        ids.extend(r.all_token_ids[c : c + n - len(d)])
+        ids.extend(d)
     input_ids[:num_tokens] = ids
 
     block_id_lists = [kv_cache.get_block_ids(r.request_id) for r in requests]
@@ -141,12 +157,24 @@ def build_batch(
         + pos % block_size
     )
 
-    # A request samples when this step brings it level with all its tokens.
+    # A request samples when this step brings it level with all its tokens (and drafts);
+    # it samples its last position and each draft position.
+    num_drafts = np.fromiter((len(d) for d in drafts), np.int32, num_reqs)
     is_sampling = seq_lens[:num_reqs] == np.fromiter(
         (r.num_tokens for r in requests), np.int32, num_reqs
-    )
-    logits_indices = (query_start_loc[1 : num_reqs + 1] - 1)[is_sampling].astype(np.int32)
-    sampled = [r for r, s in zip(requests, is_sampling.tolist()) if s]
+    ) + num_drafts
+    sampled_idx = np.flatnonzero(is_sampling)
+    rows = num_drafts[sampled_idx] + 1
+    row_start = np.zeros(len(sampled_idx) + 1, dtype=np.int32)
+    np.cumsum(rows, out=row_start[1:])
+    first_row_token = query_start_loc[sampled_idx + 1] - rows
+    logits_indices = (np.repeat(first_row_token - row_start[:-1], rows)
+                      + np.arange(row_start[-1], dtype=np.int32)).astype(np.int32)
+    draft_rows: list[int] = []
+    for i in sampled_idx.tolist():
+        draft_rows.extend(drafts[i])
+        draft_rows.append(-1)
+    sampled = [requests[i] for i in sampled_idx.tolist()]
     return Batch(
         input_ids=input_ids,
         positions=positions,
@@ -155,22 +183,32 @@ def build_batch(
         seq_lens=seq_lens,
         block_tables=block_tables,
         logits_indices=logits_indices,
-        sampling=build_sampling_batch(sampled),
+        sampling=build_sampling_batch(sampled, [drafts[i] for i in sampled_idx.tolist()]),
         num_reqs=num_reqs,
         num_tokens=num_tokens,
         max_query_len=int(num_new.max(initial=0)),
         max_seq_len=int(seq_lens.max(initial=0)),
         block_size=block_size,
-        sampled_req_indices=np.flatnonzero(is_sampling),
+        sampled_req_indices=sampled_idx,
+        logits_row_start=row_start,
+        draft_token_ids=np.asarray(draft_rows, dtype=np.int32),
     )
 
 
-def build_sampling_batch(requests: Sequence[Request]) -> SamplingBatch:
+def build_sampling_batch(requests: Sequence[Request],
+                         drafts: Sequence[Sequence[int]] | None = None) -> SamplingBatch:
+    """Rows for the requests' next tokens; a request with k drafts gets k + 1 rows, row j
+    for the output step after its j first drafts."""
+    drafts = drafts if drafts is not None else [()] * len(requests)
+    rows_per_req = np.fromiter((len(d) + 1 for d in drafts), np.int64, len(requests))
+    req_of_row = np.repeat(np.arange(len(requests)), rows_per_req)
+    step_of_row = np.arange(len(req_of_row)) - np.repeat(np.cumsum(rows_per_req) -
+                                                         rows_per_req, rows_per_req)
     params = [r.sampling_params for r in requests]
     n = len(params)
 
     def col(name: str, dtype: type) -> np.ndarray:
-        return np.fromiter((getattr(p, name) for p in params), dtype, n)
+        return np.fromiter((getattr(p, name) for p in params), dtype, n)[req_of_row]
 
     presence = col("presence_penalty", np.float32)
     frequency = col("frequency_penalty", np.float32)
@@ -178,16 +216,19 @@ def build_sampling_batch(requests: Sequence[Request]) -> SamplingBatch:
     any_penalty = bool(np.any(presence != 0) or np.any(frequency != 0) or np.any(repetition != 1))
     prompt_ids = output_ids = None
     if any_penalty:
-        prompt_ids = _pad_rows([r.prompt_token_ids for r in requests])
-        output_ids = _pad_rows([r.output_token_ids for r in requests])
+        prompt_ids = _pad_rows([requests[i].prompt_token_ids for i in req_of_row.tolist()])
+        output_ids = _pad_rows([requests[i].output_token_ids + list(drafts[i][:j])
+                                for i, j in zip(req_of_row.tolist(), step_of_row.tolist())])
+    output_steps = np.fromiter((r.num_output_tokens for r in requests), np.int64,
+                               n)[req_of_row] + step_of_row
     rows, banned = [], []
-    for i, r in enumerate(requests):
-        p = r.sampling_params
-        if r.num_output_tokens < p.min_tokens:
+    for row, (i, step) in enumerate(zip(req_of_row.tolist(), output_steps.tolist())):
+        r, p = requests[i], params[i]
+        if step < p.min_tokens:
             stops = list(p.stop_token_ids)
             if r.eos_token_id is not None and not p.ignore_eos:
                 stops.append(r.eos_token_id)
-            rows.extend([i] * len(stops))
+            rows.extend([row] * len(stops))
             banned.extend(stops)
     return SamplingBatch(
         temperature=col("temperature", np.float32),
@@ -197,12 +238,13 @@ def build_sampling_batch(requests: Sequence[Request]) -> SamplingBatch:
         presence_penalty=presence,
         frequency_penalty=frequency,
         repetition_penalty=repetition,
-        seeds=np.fromiter((p.seed if p.seed is not None else 0 for p in params), np.int64, n),
-        has_seed=np.fromiter((p.seed is not None for p in params), bool, n),
-        output_steps=np.fromiter((r.num_output_tokens for r in requests), np.int64, n),
+        seeds=np.fromiter((p.seed if p.seed is not None else 0 for p in params), np.int64,
+                          n)[req_of_row],
+        has_seed=np.fromiter((p.seed is not None for p in params), bool, n)[req_of_row],
+        output_steps=output_steps,
         num_logprobs=np.fromiter(
             (-1 if p.logprobs is None else p.logprobs for p in params), np.int32, n
-        ),
+        )[req_of_row],
         prompt_token_ids=prompt_ids,
         output_token_ids=output_ids,
         suppress_rows=np.asarray(rows, dtype=np.int64),

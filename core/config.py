@@ -5,6 +5,9 @@ backend and the model have resolved the defaults."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
+
+from quire.core.spec_config import SpeculativeConfig
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 _GiB = 1 << 30
@@ -25,6 +28,9 @@ class EngineConfig:
         kv_cache_memory_bytes.
     max_model_len: longest sequence (prompt + output); None takes the model's limit.
     max_num_batched_tokens: the token budget of one step; None picks a default.
+    speculative_config: speculative decoding, as vLLM takes it: a dict (or its JSON text)
+        such as {"method": "ngram", "num_speculative_tokens": 4}, or a SpeculativeConfig;
+        None turns it off.
     """
 
     model: str | None = None
@@ -40,8 +46,11 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     seed: int = 0
+    speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "speculative_config",
+                           SpeculativeConfig.parse(self.speculative_config))
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.block_size is not None:

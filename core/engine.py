@@ -27,6 +27,7 @@ from quire.core.request import Request, RequestStatus
 from quire.core.sampling_params import SamplingParams
 from quire.core.scheduler import Scheduler, SchedulerOutput
 from quire.core.sizing import block_table_width
+from quire.core.spec_decode import SpecDecoder, SpecDecodeStats, accepted_counts
 from quire.core.structured_outputs import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class EngineStats:
     num_preemptions: int
     num_prompt_tokens: int
     num_generation_tokens: int
+    spec_decode: SpecDecodeStats | None = None
 
 
 class LLMEngine:
@@ -61,6 +63,7 @@ class LLMEngine:
         cache_config: CacheConfig,
         backend_name: str = "",
         structured_outputs: StructuredOutputManager | None = None,
+        speculative: SpecDecoder | None = None,
     ) -> None:
         self.executor = executor
         self.tokenizer = tokenizer
@@ -84,6 +87,7 @@ class LLMEngine:
         ) if caps.fixed_block_table_width else None
         self.outputs = OutputProcessor(tokenizer)
         self.structured = structured_outputs
+        self.speculative = speculative
         # Parents whose constraint is still compiling: they join the scheduler when it is.
         self._awaiting_grammar: list[ParentRequest] = []
         self._errored: list[str] = []
@@ -181,6 +185,8 @@ class LLMEngine:
 
     def _run_once(self, touched: dict[str, ParentRequest]) -> None:
         times, t0 = self.step_times, time.perf_counter()
+        if self.speculative is not None:
+            self.speculative.propose(self.scheduler.running)
         sched_out = self.scheduler.schedule()
         t1 = time.perf_counter()
         times["schedule"] += t1 - t0
@@ -207,20 +213,38 @@ class LLMEngine:
             min(n, max(0, r.num_prompt_tokens - r.num_computed_tokens))
             for r, n in zip(sched_out.requests, sched_out.num_new_tokens)
         )
-        updated, finished = self.scheduler.update_from_output(
-            sched_out, model_out.sampled_token_ids.tolist()
-        )
-        self.num_generation_tokens += len(updated)
+        new_token_ids = self._new_tokens(batch, model_out.sampled_token_ids, sched_out,
+                                         t3 - t2 - sample_time)
+        updated, counts, finished = self.scheduler.update_from_output(sched_out, new_token_ids)
+        self.num_generation_tokens += sum(counts)
         if constrained:
             self._advance_grammars(updated, dead)
         t4 = time.perf_counter()
         times["update"] += t4 - t3
-        stopped = self.outputs.process(updated, model_out, touched)
+        rows = batch.logits_row_start[:-1].tolist()
+        stopped = self.outputs.process(updated, counts, rows, model_out, touched)
         self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
         for request in finished:
             parent = self.outputs.parent_of(request.request_id)
             touched[parent.request_id] = parent
         times["output"] += time.perf_counter() - t4
+
+    def _new_tokens(self, batch: Batch, sampled: np.ndarray, sched_out: SchedulerOutput,
+                    forward_seconds: float) -> list[list[int]]:
+        """Each sampled request's new tokens: its accepted drafts (rows whose sample equals
+        their draft, core/spec_decode.py) and the sample of the first row that differs."""
+        spec = self.speculative
+        if spec is not None:
+            spec.observe_step(batch.num_tokens, forward_seconds)
+        if not batch.has_drafts:
+            return [[t] for t in sampled.tolist()]
+        accepted = accepted_counts(sampled, batch.draft_token_ids, batch.logits_row_start)
+        starts = batch.logits_row_start[:-1]
+        if spec is not None:
+            requests = [sched_out.requests[i] for i in batch.sampled_req_indices.tolist()]
+            spec.record(requests, np.diff(batch.logits_row_start) - 1, accepted)
+        flat = sampled.tolist()
+        return [flat[s : s + a + 1] for s, a in zip(starts.tolist(), accepted.tolist())]
 
     # -- structured outputs ----------------------------------------------------------------
     def _admit_compiled(self, touched: dict[str, ParentRequest]) -> None:
@@ -244,6 +268,9 @@ class LLMEngine:
         if self.structured is None:
             return False, []
         mask, dead = self.structured.step_bitmask(sched_out.requests, batch.sampled_req_indices)
+        if mask is not None and batch.has_drafts:
+            # Constrained requests draft nothing (one row each); others have all bits set.
+            mask = np.repeat(mask, np.diff(batch.logits_row_start), axis=0)
         batch.sampling.token_bitmask = mask
         return mask is not None, dead
 
@@ -283,9 +310,12 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             num_prompt_tokens=self.num_prompt_tokens,
             num_generation_tokens=self.num_generation_tokens,
+            spec_decode=self.speculative.stats if self.speculative is not None else None,
         )
 
     def shutdown(self) -> None:
         if self.structured is not None:
             self.structured.shutdown()
+        if self.speculative is not None:
+            self.speculative.shutdown()
         self.executor.shutdown()

@@ -33,6 +33,10 @@ class KVCacheManager:
         self.req_to_blocks: dict[str, list[KVBlock]] = {}
         # Block ids alongside the blocks, so building a batch never touches KVBlock objects.
         self.req_to_block_ids: dict[str, list[int]] = {}
+        # Leading blocks of each request already entered into the prefix cache. Tracked
+        # rather than derived from num_computed_tokens, which rolls back when speculative
+        # drafts are rejected.
+        self.req_to_num_cached: dict[str, int] = {}
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found
 
@@ -91,9 +95,13 @@ class KVCacheManager:
         block_ids.extend(b.block_id for b in new_computed_blocks)
         block_ids.extend(b.block_id for b in new_blocks)
         if self.enable_prefix_caching:
+            # Only blocks whose tokens are all known (hashed) and computed by this step.
             num_full = min(num_total // self.block_size, len(request.block_hashes))
-            for i in range(num_computed // self.block_size, num_full):
+            start = self.req_to_num_cached.get(request.request_id,
+                                               num_computed // self.block_size)
+            for i in range(start, num_full):
                 self.pool.cache_block(blocks[i], request.block_hashes[i])
+            self.req_to_num_cached[request.request_id] = max(start, num_full)
         return new_blocks
 
     def free(self, request: Request) -> None:
@@ -101,6 +109,7 @@ class KVCacheManager:
         before its (more shareable) prefix."""
         blocks = self.req_to_blocks.pop(request.request_id, None)
         self.req_to_block_ids.pop(request.request_id, None)
+        self.req_to_num_cached.pop(request.request_id, None)
         if blocks:
             self.pool.free_blocks(reversed(blocks))
 
@@ -121,3 +130,4 @@ class KVCacheManager:
     def _forget(self, request_id: str) -> None:
         self.req_to_blocks.pop(request_id, None)
         self.req_to_block_ids.pop(request_id, None)
+        self.req_to_num_cached.pop(request_id, None)

@@ -45,19 +45,28 @@ class OutputProcessor:
     def parent_of(self, child_request_id: str) -> ParentRequest:
         return self._parents[self._child_to_parent[child_request_id][0]]
 
-    def process(self, updated: Iterable[Request], model_out: ModelOutput,
-                touched: dict[str, ParentRequest]) -> list[str]:
-        """Take in one new token per updated request (row i of model_out): logprobs, text,
-        stop strings. Returns the child ids a stop string ended (the caller finishes them);
-        every parent with news lands in touched."""
+    def process(self, updated: Iterable[Request], counts: Iterable[int], rows: Iterable[int],
+                model_out: ModelOutput, touched: dict[str, ParentRequest]) -> list[str]:
+        """Take in the new tokens of each updated request: counts[i] tokens, whose logprobs
+        are in model_out's rows rows[i]:rows[i] + counts[i]. Detokenizes, applies stop
+        strings (a stop string inside a run of several tokens drops the tokens after it).
+        Returns the child ids a stop string ended (the caller finishes them); every parent
+        with news lands in touched."""
         stopped: list[str] = []
-        for row, request in enumerate(updated):
+        for request, count, row in zip(updated, counts, rows):
             parent_id, index = self._child_to_parent[request.request_id]
             parent = self._parents[parent_id]
             child = parent.children[index]
-            if child.logprobs is not None:
-                self._append_logprobs(child, model_out, row)
-            stop = child.detokenizer.update(request.output_token_ids[-1:])
+            new_ids = request.output_token_ids[-count:]
+            stop = None
+            for i, token_id in enumerate(new_ids):
+                if child.logprobs is not None:
+                    self._append_logprobs(child, model_out, row + i, token_id)
+                stop = child.detokenizer.update((token_id,)) if count > 1 else \
+                    child.detokenizer.update(new_ids)
+                if stop is not None:
+                    request.discard_last_tokens(count - 1 - i)
+                    break
             if stop is not None:
                 request.stop_reason = stop
                 if request.is_finished:  # also hit a length limit: the stop string wins
@@ -67,10 +76,10 @@ class OutputProcessor:
             touched[parent_id] = parent
         return stopped
 
-    def _append_logprobs(self, child: Child, out: ModelOutput, row: int) -> None:
+    def _append_logprobs(self, child: Child, out: ModelOutput, row: int, token_id: int
+                         ) -> None:
         assert out.sampled_logprobs is not None and child.logprobs is not None
         k = child.request.sampling_params.logprobs or 0
-        token_id = child.request.output_token_ids[-1]
         entry = {token_id: Logprob(float(out.sampled_logprobs[row]))}
         if k and out.top_token_ids is not None and out.top_logprobs is not None:
             for rank, (tid, lp) in enumerate(zip(out.top_token_ids[row, :k].tolist(),

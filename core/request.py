@@ -52,7 +52,7 @@ class Request:
         "status", "all_token_ids", "output_token_ids", "num_computed_tokens", "block_hashes",
         "block_size", "extra_keys", "num_cached_tokens", "num_preemptions", "stop_reason",
         "error", "first_scheduled_time", "first_token_time", "finished_time", "max_tokens",
-        "grammar",
+        "grammar", "spec_token_ids", "spec_acceptance", "spec_cooldown",
     )
 
     def __init__(
@@ -78,6 +78,13 @@ class Request:
         self.num_computed_tokens = 0
         # Structured outputs: the constraint's state (core/structured_outputs.py), or None.
         self.grammar: GrammarState | None = None
+        # Speculative decoding: draft tokens to verify in the next step (not yet part of
+        # all_token_ids; the scheduler may trim them to the step's budget).
+        self.spec_token_ids: list[int] = []
+        # Its drafts' acceptance estimate, and (steps left, next length) of a back-off
+        # (core/spec_decode.py; None: not drafted yet / not backing off).
+        self.spec_acceptance: float | None = None
+        self.spec_cooldown: tuple[int, int] | None = None
         self.block_size = block_size
         self.extra_keys = extra_keys
         self.block_hashes: list[BlockHash] = []
@@ -112,6 +119,14 @@ class Request:
         self.output_token_ids.append(token_id)
         if len(self.all_token_ids) % self.block_size == 0:
             self._extend_block_hashes()
+
+    def discard_last_tokens(self, n: int) -> None:
+        """Drop the last n output tokens (accepted in one step past a stop string)."""
+        if n <= 0:
+            return
+        del self.all_token_ids[-n:]
+        del self.output_token_ids[-n:]
+        del self.block_hashes[len(self.all_token_ids) // self.block_size :]
 
     def _extend_block_hashes(self) -> None:
         bs = self.block_size

@@ -22,10 +22,12 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class SchedulerOutput:
     """One step's plan. requests[i] runs num_new_tokens[i] tokens from its
-    num_computed_tokens (already advanced past prefix-cache hits)."""
+    num_computed_tokens (already advanced past prefix-cache hits); the last
+    len(draft_token_ids[i]) of them are draft tokens to verify (speculative decoding)."""
 
     requests: list[Request] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
+    draft_token_ids: list[list[int]] = field(default_factory=list)
     preempted_ids: list[str] = field(default_factory=list)
 
     @property
@@ -88,11 +90,19 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            remaining = request.num_tokens - request.num_computed_tokens
+            num_new = min(remaining, budget)
             if num_new <= 0:
                 i += 1
                 continue
+            # Drafts only follow a request's last known token, as far as the budget reaches.
+            drafts = request.spec_token_ids[: budget - 1] if remaining == 1 else []
+            num_new += len(drafts)
             while self.kv_cache.allocate_slots(request, num_new) is None:
+                if drafts:  # fewer drafts before preempting anyone for them
+                    drafts = drafts[:-1]
+                    num_new -= 1
+                    continue
                 victim = self.running.pop()
                 self._preempt(victim)
                 out.preempted_ids.append(victim.request_id)
@@ -100,8 +110,10 @@ class Scheduler:
                 if victim is request:
                     break
             else:
+                request.spec_token_ids = drafts
                 out.requests.append(request)
                 out.num_new_tokens.append(num_new)
+                out.draft_token_ids.append(drafts)
                 budget -= num_new
                 i += 1
                 continue
@@ -129,8 +141,10 @@ class Scheduler:
                 request.first_scheduled_time = now
             request.status = RequestStatus.RUNNING
             self.running.append(request)
+            request.spec_token_ids = []
             out.requests.append(request)
             out.num_new_tokens.append(num_new)
+            out.draft_token_ids.append([])
             budget -= num_new
         return budget
 
@@ -138,6 +152,7 @@ class Scheduler:
         self.kv_cache.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)
@@ -145,32 +160,45 @@ class Scheduler:
 
     # -- after the forward pass ------------------------------------------------------------
     def update_from_output(
-        self, out: SchedulerOutput, sampled_token_ids: list[int]
-    ) -> tuple[list[Request], list[Request]]:
-        """Advance computed tokens, append sampled tokens and apply stop rules.
+        self, out: SchedulerOutput, new_token_ids: list[list[int]]
+    ) -> tuple[list[Request], list[int], list[Request]]:
+        """Advance computed tokens, append new tokens and apply stop rules.
 
-        sampled_token_ids holds one token for each request whose tokens are all computed
-        after this step, in schedule order. Returns (requests given a token, finished)."""
-        updated, finished = [], []
+        new_token_ids holds, for each request whose tokens are all computed after this step
+        (in schedule order), its new tokens: the accepted drafts and one sampled token.
+        Rejected drafts roll num_computed_tokens back. Returns (requests given tokens, how
+        many each got, finished requests)."""
+        updated, counts, finished = [], [], []
         now = time.monotonic()
         k = 0
-        for request, num_new in zip(out.requests, out.num_new_tokens):
+        for request, num_new, drafts in zip(out.requests, out.num_new_tokens,
+                                            out.draft_token_ids):
             request.num_computed_tokens += num_new
-            if request.num_computed_tokens < request.num_tokens:
+            if request.num_computed_tokens < request.num_tokens + len(drafts):
                 continue
-            token_id = int(sampled_token_ids[k])
+            tokens = new_token_ids[k]
             k += 1
-            request.append_token(token_id)
+            # Positions past the accepted drafts hold rejected K/V: recompute them later.
+            request.num_computed_tokens -= len(drafts) - (len(tokens) - 1)
+            request.spec_token_ids = []
             if request.first_token_time is None:
                 request.first_token_time = now
+            status = None
+            count = 0
+            for token_id in tokens:
+                request.append_token(token_id)
+                count += 1
+                status = self._check_stop(request, token_id)
+                if status is not None:
+                    break
             updated.append(request)
-            status = self._check_stop(request, token_id)
+            counts.append(count)
             if status is not None:
                 self.running.remove(request)
                 self._finish(request, status)
                 finished.append(request)
-        assert k == len(sampled_token_ids), (k, len(sampled_token_ids))
-        return updated, finished
+        assert k == len(new_token_ids), (k, len(new_token_ids))
+        return updated, counts, finished
 
     def _check_stop(self, request: Request, token_id: int) -> RequestStatus | None:
         params = request.sampling_params

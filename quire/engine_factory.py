@@ -9,6 +9,7 @@ import logging
 
 from quire.core.config import CacheConfig, EngineConfig, SchedulerConfig
 from quire.core.engine import LLMEngine
+from quire.core.spec_decode import NgramProposer, SpecDecoder
 from quire.core.structured_outputs import StructuredOutputManager
 from quire.default_model import resolve_model
 from quire.grammar import LLGuidanceBackend
@@ -65,7 +66,22 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
         structured_outputs=StructuredOutputManager(
             functools.partial(LLGuidanceBackend, copy.deepcopy(tokenizer.hf), info.vocab_size),
             info.vocab_size, tokenizer.eos_token_id),
+        speculative=_spec_decoder(config, max_model_len),
     )
+
+
+def _spec_decoder(config: EngineConfig, max_model_len: int) -> SpecDecoder | None:
+    spec = config.speculative_config
+    if spec is None:
+        return None
+    assert not isinstance(spec, (dict, str))  # parsed by EngineConfig
+    if spec.method == "ngram":
+        proposer = NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+    else:
+        raise ValueError("speculative method 'draft_model' is not available yet")
+    logger.info("speculative decoding: %s, %d draft tokens per step%s", spec.method,
+                spec.num_speculative_tokens, " (adaptive)" if spec.adaptive else "")
+    return SpecDecoder(spec, proposer, max_model_len)
 
 
 def _ensure_logging(plugin_loggers: list[str]) -> None:

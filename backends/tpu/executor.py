@@ -113,6 +113,9 @@ class TpuExecutor(Executor):
         md = build_metadata(batch.query_start_loc, batch.seq_lens, batch.block_tables,
                             batch.slot_mapping, self.kernel_params.query_block)
         num_sampled = len(batch.logits_indices)
+        if num_sampled > num_rows:  # draft rows (speculative decoding): a larger bucket
+            num_rows = next((b for b in REQUEST_BUCKETS if b >= num_sampled),
+                            1 << (num_sampled - 1).bit_length())
         logits_indices = np.zeros(num_rows, np.int32)
         logits_indices[:num_sampled] = batch.logits_indices
         logits, self.kv_caches = self._step(self.params, self.kv_caches, batch.input_ids,

@@ -60,13 +60,14 @@ MODEL_INFO = ModelInfo(vocab_size=VOCAB, max_model_len=64, num_layers=1, num_kv_
 def make_engine(num_blocks: int = 32, block_size: int = 4, max_num_seqs: int = 8,
                 max_num_batched_tokens: int = 64, max_model_len: int = 64,
                 enable_prefix_caching: bool = True, enable_chunked_prefill: bool = True,
-                executor: Executor | None = None) -> LLMEngine:
+                executor: Executor | None = None, speculative: Any = None) -> LLMEngine:
     return LLMEngine(
         executor or CountingExecutor(), CharTokenizer(), MODEL_INFO,
         scheduler_config=sched_config(max_num_seqs, max_num_batched_tokens, max_model_len,
                                       enable_chunked_prefill),
         cache_config=CacheConfig(num_blocks=num_blocks, block_size=block_size,
                                  enable_prefix_caching=enable_prefix_caching),
+        speculative=speculative,
     )
 
 

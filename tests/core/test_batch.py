@@ -15,7 +15,7 @@ def test_mixed_prefill_and_decode_batch_exact_arrays():
     a = make_request("a", [10, 11, 12, 13, 14], SamplingParams(max_tokens=4), None, 4, 4)
     s.add_request(a)
     out = s.schedule()
-    s.update_from_output(out, [15])  # a: 6 tokens, 5 computed
+    s.update_from_output(out, [[15]])  # a: 6 tokens, 5 computed
     b = make_request("b", [20, 21, 22, 23, 24, 25, 26, 27, 28, 29],
                 SamplingParams(temperature=0.5, top_k=3, logprobs=2), None, 4, 4)
     s.add_request(b)

@@ -23,7 +23,7 @@ def step(s: Scheduler, token=7):
     plan = [(r.request_id, n) for r, n in zip(out.requests, out.num_new_tokens)]
     num_sampled = sum(r.num_computed_tokens + n == r.num_tokens
                       for r, n in zip(out.requests, out.num_new_tokens))
-    s.update_from_output(out, [token] * num_sampled)
+    s.update_from_output(out, [[token]] * num_sampled)
     return plan, out
 
 
@@ -72,7 +72,7 @@ def test_preemption_of_most_recent_and_resumption():
         out = s.schedule()
         num_sampled = sum(r.num_computed_tokens + n == r.num_tokens
                           for r, n in zip(out.requests, out.num_new_tokens))
-        _, finished = s.update_from_output(out, [7] * num_sampled)
+        _, _, finished = s.update_from_output(out, [[7]] * num_sampled)
         done.update({r.request_id: r for r in finished})
     assert set(done) == {"a", "b"}
     assert all(r.num_output_tokens == 12 for r in done.values())
