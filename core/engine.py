@@ -310,7 +310,8 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             num_prompt_tokens=self.num_prompt_tokens,
             num_generation_tokens=self.num_generation_tokens,
-            spec_decode=self.speculative.stats if self.speculative is not None else None,
+            spec_decode=self.speculative.stats.snapshot() if self.speculative is not None
+            else None,
         )
 
     def shutdown(self) -> None:

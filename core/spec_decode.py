@@ -137,6 +137,10 @@ class SpecDecodeStats:
         """Tokens a verified request gains per step: accepted drafts + the sampled one."""
         return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
 
+    def snapshot(self) -> SpecDecodeStats:
+        return SpecDecodeStats(self.num_drafts, self.num_draft_tokens,
+                               self.num_accepted_tokens, list(self.accepted_per_position))
+
     def record(self, num_drafts: np.ndarray, accepted: np.ndarray) -> None:
         verified = num_drafts > 0
         if not verified.any():

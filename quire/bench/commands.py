@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+import numpy as np
+
 from quire.bench import report
 from quire.bench.quire_runner import run_quire
 from quire.bench.workload import fixed, shared_prefix, sharegpt_like
@@ -39,6 +41,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--batch-size", type=int, default=8)
     lat.add_argument("--prompt-len", type=int, default=128)
     lat.add_argument("--output-len", type=int, default=64)
+    lat.add_argument("--workload", choices=["random", "grounded"], default="random",
+                     help="random token prompts, or chat prompts whose answers copy the prompt "
+                          "(edit/repeat; default model: the bundled one)")
+    lat.add_argument("--repeats", type=int, default=1, help="interleaved rounds")
     lat.set_defaults(func=_latency)
 
     pre = kinds.add_parser("prefix", help="shared-prefix workload, prefix caching on vs off")
@@ -112,12 +118,16 @@ def _finish(kind: str, rows: list[dict], settings: dict, output_dir: str) -> int
 
 
 def _throughput(args: argparse.Namespace) -> int:
+    """quire and the baselines on one seeded workload, interleaved; with
+    --speculative-config, quire without speculation runs alongside too."""
     from quire.bench.baselines import BASELINES
 
     model = bench_model(args)
-    llm = _llm(args, model)
-    workload = sharegpt_like(args.num_requests, llm.engine.model_info.vocab_size, args.min_len,
-                             args.max_len, seed=args.seed)
+    llms = _variants(args, model)
+    llm = llms[0][1]
+    vocab = llm.engine.model_info.vocab_size
+    workload = sharegpt_like(args.num_requests, vocab, args.min_len, args.max_len,
+                             seed=args.seed)
     names = [b.strip() for b in args.baselines.split(",") if b.strip()]
     unknown = [b for b in names if b not in BASELINES]
     if unknown:
@@ -125,27 +135,71 @@ def _throughput(args: argparse.Namespace) -> int:
     dtype = llm.engine.model_info.dtype
     # Baselines run on the device quire's backend uses (HF on the GPU for cuda / rocm).
     device = "cuda" if llm.engine.backend_name in ("cuda", "rocm") else "cpu"
-    run_quire(llm, sharegpt_like(16, llm.engine.model_info.vocab_size, 8, 64))  # warm up
+    for _, each in llms:
+        run_quire(each, sharegpt_like(16, vocab, 8, 64))  # warm up
     rows = []
     for _ in range(args.repeats):  # interleaved: quire, then each baseline, per round
-        rows.append({**run_quire(llm, workload, f"quire ({llm.engine.backend_name})"),
-                     "dtype": dtype})
+        for suffix, each in llms:
+            rows.append({**run_quire(each, workload,
+                                     f"quire ({each.engine.backend_name}){suffix}"),
+                         "dtype": dtype})
         for name in names:
             rows.append({**BASELINES[name](model, workload, dtype=dtype, device=device),
                          "dtype": dtype})
-    return _finish("throughput", rows, {"model": model, "workload": workload.name,
-                                        "dtype": dtype, "baselines": names}, args.output_dir)
+    settings: dict[str, Any] = {"model": model, "workload": workload.name, "dtype": dtype,
+                                "baselines": names}
+    if len(llms) == 2:
+        spec = float(np.median([r["output_tok_per_s"] for r in rows
+                                if r["system"].endswith(" spec")]))
+        plain = float(np.median([r["output_tok_per_s"] for r in rows
+                                 if r["system"] == f"quire ({llm.engine.backend_name})"]))
+        settings["spec_throughput_ratio"] = spec / plain
+        sys.stdout.write(f"output tokens/s: {spec:.1f} with speculation, {plain:.1f} without: "
+                         f"{spec / plain:.2f}x\n")
+    return _finish("throughput", rows, settings, args.output_dir)
+
+
+def _variants(args: argparse.Namespace, model: str) -> list[tuple[str, Any]]:
+    """[(label suffix, LLM)]: the engine as configured, and with --speculative-config also
+    the same engine without speculation."""
+    if not args.speculative_config:
+        return [("", _llm(args, model))]
+    return [(" spec", _llm(args, model)), ("", _llm(args, model, speculative_config=None))]
 
 
 def _latency(args: argparse.Namespace) -> int:
-    model = bench_model(args)
-    llm = _llm(args, model)
-    workload = fixed(args.batch_size, llm.engine.model_info.vocab_size, args.prompt_len,
-                     args.output_len, seed=args.seed)
-    run_quire(llm, fixed(2, llm.engine.model_info.vocab_size, 16, 4))  # warm up
-    row = run_quire(llm, workload, f"quire ({llm.engine.backend_name})")
-    return _finish("latency", [row], {"model": model, "workload": workload.name},
-                   args.output_dir)
+    """One batch's TTFT and inter-token latency; with --speculative-config, the same run
+    without speculation side by side (interleaved rounds) and the ratio."""
+    if args.workload == "grounded":
+        from quire.bench.grounded import grounded
+        from quire.default_model import resolve_model
+
+        model = resolve_model(args.model)
+    else:
+        model = bench_model(args)
+    llms = _variants(args, model)
+    first = llms[0][1]
+    vocab = first.engine.model_info.vocab_size
+    if args.workload == "grounded":
+        workload = grounded(first.get_tokenizer(), args.batch_size, args.output_len)
+    else:
+        workload = fixed(args.batch_size, vocab, args.prompt_len, args.output_len,
+                         seed=args.seed)
+    for _, llm in llms:
+        run_quire(llm, fixed(2, vocab, 16, 4))  # warm up
+    rows = []
+    for _ in range(args.repeats):
+        for suffix, llm in llms:
+            rows.append(run_quire(llm, workload, f"quire ({llm.engine.backend_name}){suffix}"))
+    settings: dict[str, Any] = {"model": model, "workload": workload.name}
+    if len(llms) == 2:
+        spec_tpot = float(np.median([r["tpot_s_p50"] for r in rows[0::2]]))
+        plain_tpot = float(np.median([r["tpot_s_p50"] for r in rows[1::2]]))
+        settings["tpot_speedup"] = plain_tpot / spec_tpot
+        sys.stdout.write(f"time per output token (p50 over requests): {spec_tpot * 1e3:.2f} ms "
+                         f"with speculation, {plain_tpot * 1e3:.2f} ms without: "
+                         f"{plain_tpot / spec_tpot:.2f}x\n")
+    return _finish("latency", rows, settings, args.output_dir)
 
 
 def _prefix(args: argparse.Namespace) -> int:

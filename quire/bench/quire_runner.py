@@ -52,6 +52,10 @@ def run_quire(llm, workload: Workload, label: str = "quire") -> dict[str, Any]:
             if out.finished:
                 done[out.request_id] = out
     elapsed = time.perf_counter() - start
+    # Time per output token after the first, per request (what a reader of a stream sees,
+    # averaged: steps that add several tokens, as with speculative decoding, count fully).
+    tpot = [(last[i][0] - arrival - first[i]) / (last[i][1] - 1)
+            for i in ids if i in first and last[i][1] > 1]
     stats = engine.stats()
     num_out = sum(len(done[i].outputs[0].token_ids) for i in ids)
     queries = stats.prefix_cache_queries - stats0.prefix_cache_queries
@@ -61,13 +65,28 @@ def run_quire(llm, workload: Workload, label: str = "quire") -> dict[str, Any]:
     return {
         "system": label, "elapsed_s": elapsed, **throughput(workload, num_out, elapsed),
         **percentiles("ttft_s", list(first.values())), **percentiles("itl_s", gaps),
+        **percentiles("tpot_s", tpot),
         "kv_peak_blocks": peak_blocks,
         "kv_waste_pct": 100.0 * (1 - tokens_held / slots_held) if slots_held else 0.0,
         "prefix_hit_rate": hits / queries if queries else 0.0,
         "preemptions": stats.num_preemptions - stats0.num_preemptions,
         # Where step time went, in % (forward = model incl. attention; the rest is Python).
         **{f"time_{k}_pct": 100.0 * v / total for k, v in spent.items()},
+        **_spec_stats(stats0.spec_decode, stats.spec_decode),
     }
+
+
+def _spec_stats(before, after) -> dict[str, float]:
+    """Speculative decoding in this run: acceptance rate and tokens gained per verified
+    step (accepted drafts + 1)."""
+    if after is None:
+        return {}
+    drafts = after.num_drafts - before.num_drafts
+    proposed = after.num_draft_tokens - before.num_draft_tokens
+    accepted = after.num_accepted_tokens - before.num_accepted_tokens
+    return {"spec_drafts": drafts,
+            "spec_acceptance_rate": accepted / proposed if proposed else 0.0,
+            "spec_mean_accepted_len": 1 + accepted / drafts if drafts else 0.0}
 
 
 def throughput(workload: Workload, num_out: int, elapsed: float) -> dict[str, float]:

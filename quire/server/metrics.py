@@ -89,6 +89,8 @@ class Metrics:
                    s.num_prompt_tokens)
             metric("quire:generation_tokens_total", "counter", "Generated tokens.",
                    s.num_generation_tokens)
+            if s.spec_decode is not None:
+                lines.extend(_spec_decode_lines(s.spec_decode))
         lines += ["# HELP quire:request_success_total Finished sequences by finish reason.",
                   "# TYPE quire:request_success_total counter"]
         for reason, n in sorted(self.finished.items()):
@@ -98,3 +100,20 @@ class Metrics:
             lines += h.render()
         lines.append(f"# scraped at {time.time():.3f}")
         return "\n".join(lines) + "\n"
+
+
+def _spec_decode_lines(sd) -> list[str]:
+    """Speculative decoding counters (vLLM's names under quire:)."""
+    lines: list[str] = []
+    for name, doc, value in [
+        ("num_drafts", "Requests that verified draft tokens, summed over steps.", sd.num_drafts),
+        ("num_draft_tokens", "Draft tokens proposed and verified.", sd.num_draft_tokens),
+        ("num_accepted_tokens", "Draft tokens accepted.", sd.num_accepted_tokens),
+    ]:
+        full = f"quire:spec_decode_{name}_total"
+        lines += [f"# HELP {full} {doc}", f"# TYPE {full} counter", f"{full} {value}"]
+    full = "quire:spec_decode_num_accepted_tokens_per_pos_total"
+    lines += [f"# HELP {full} Draft tokens accepted, by position in the draft.",
+              f"# TYPE {full} counter"]
+    lines += [f'{full}{{position="{j}"}} {n}' for j, n in enumerate(sd.accepted_per_position)]
+    return lines

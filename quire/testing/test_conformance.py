@@ -10,7 +10,11 @@
 3. end to end, its greedy tokens equal the cpu backend's on a small model, for each
    declared block size, with chunked prefill and prefix-cache hits, in fp32 and bf16;
 4. its sampler applies structured-output token bitmasks (JSON schema, regex, choice,
-   grammar): a random-weight model's outputs satisfy their constraints.
+   grammar): a random-weight model's outputs satisfy their constraints;
+5. speculative decoding: steps whose requests carry draft tokens as extra query positions
+   (several query tokens after a cached context, a logits row per position) give the same
+   greedy tokens as the cpu backend without speculation, and seeded sampling gives the
+   same tokens as the backend itself without speculation.
 
 A backend that is not registered, not available, or whose plugin or executor fails to
 load is a failure with the reason, never a silent pass (--quire-skip-unavailable turns that
@@ -263,3 +267,44 @@ def _structured_llm(model_dir: str, backend: str, dtype: str, block_size: int):
         _LLMS[key] = LLM(model_dir, backend=backend, dtype=dtype, block_size=block_size,
                          num_blocks=1 + 8 * cdiv(256, block_size), max_model_len=256)
     return _LLMS[key]
+
+
+# -- speculative decoding ------------------------------------------------------------------
+SPEC_PROMPTS = [
+    [5, 6, 7, 8] * 6,  # prompt lookup finds matches at once
+    list(range(3, 30)) + list(range(3, 12)),
+    [9, 10, 9, 10, 9],
+]
+
+
+def _spec_generate(model_dir: str, backend: str, dtype: str, block_size: int,
+                   speculative: bool, params):
+    from quire import LLM
+
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
+            "adaptive": False} if speculative else None
+    llm = LLM(model_dir, backend=backend, dtype=dtype, block_size=block_size,
+              num_blocks=1 + 4 * cdiv(128, block_size), max_model_len=128,
+              max_num_batched_tokens=32, speculative_config=spec)
+    outs = llm.generate([{"prompt_token_ids": p} for p in SPEC_PROMPTS], params,
+                        use_tqdm=False)
+    stats = llm.engine.stats().spec_decode
+    llm.engine.shutdown()
+    return outs, stats
+
+
+def test_speculative_decoding_matches_plain(backend, caps, model_dir):
+    from quire import SamplingParams
+
+    dtype = "float32" if "float32" in caps.dtypes else caps.default_dtype
+    bs = caps.default_block_size
+    greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+    ref, _ = _spec_generate(model_dir, "cpu", dtype, 16, False, greedy)
+    got, stats = _spec_generate(model_dir, backend.spec.name, dtype, bs, True, greedy)
+    assert stats.num_drafts > 0 and stats.num_accepted_tokens > 0, stats
+    _assert_greedy_equal(ref, got, NEAR_TIE.get(dtype, NEAR_TIE["bfloat16"]))
+    seeded = [SamplingParams(temperature=0.8, seed=s, max_tokens=12, ignore_eos=True)
+              for s in range(len(SPEC_PROMPTS))]
+    plain, _ = _spec_generate(model_dir, backend.spec.name, dtype, bs, False, seeded)
+    spec, _ = _spec_generate(model_dir, backend.spec.name, dtype, bs, True, seeded)
+    assert [o.outputs[0].token_ids for o in spec] == [o.outputs[0].token_ids for o in plain]
