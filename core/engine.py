@@ -155,6 +155,13 @@ class LLMEngine:
             elif parent is not None:
                 self.scheduler.finish_requests([c.request.request_id for c in parent.children],
                                                RequestStatus.FINISHED_ABORTED)
+        self._drain_finished()
+
+    def _drain_finished(self) -> None:
+        """Let the proposer drop what it keeps for requests that have finished."""
+        finished, self.scheduler.finished_ids = self.scheduler.finished_ids, []
+        if self.speculative is not None:
+            self.speculative.forget(finished)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._errored or self._awaiting_grammar) or \
@@ -175,6 +182,7 @@ class LLMEngine:
             self._admit_compiled(touched)
         if self.scheduler.has_unfinished_requests():
             self._run_once(touched)
+        self._drain_finished()
         t0 = time.perf_counter()
         outputs = [self.outputs.make_output(p) for p in touched.values()]
         for out in outputs:

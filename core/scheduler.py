@@ -47,6 +47,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        # Ids finished since the owner last drained this (it drops per-request state).
+        self.finished_ids: list[str] = []
 
     # -- queue management ------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -219,3 +221,4 @@ class Scheduler:
         request.finished_time = time.monotonic()
         self.kv_cache.free(request)
         del self.requests[request.request_id]
+        self.finished_ids.append(request.request_id)

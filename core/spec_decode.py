@@ -35,6 +35,9 @@ class Proposer(ABC):
         """Up to num_drafts[i] tokens that may follow requests[i]'s all_token_ids (fewer or
         none when it has no good guess)."""
 
+    def forget(self, request_ids: Sequence[str]) -> None:  # noqa: B027 (optional hook)
+        """These requests have finished: drop any state kept for them."""
+
     def shutdown(self) -> None:  # noqa: B027 (optional hook)
         """Release what the proposer holds (a draft model, its cache)."""
 
@@ -239,6 +242,10 @@ class SpecDecoder:
                 r.spec_acceptance = threshold
             else:
                 r.spec_cooldown = None
+
+    def forget(self, request_ids: Sequence[str]) -> None:
+        if request_ids:
+            self.proposer.forget(request_ids)
 
     def shutdown(self) -> None:
         self.proposer.shutdown()

@@ -9,7 +9,9 @@ import logging
 
 from quire.core.config import CacheConfig, EngineConfig, SchedulerConfig
 from quire.core.engine import LLMEngine
-from quire.core.spec_decode import NgramProposer, SpecDecoder
+from quire.core.draft_model import DraftModelProposer
+from quire.core.executor import Executor, ModelInfo
+from quire.core.spec_decode import NgramProposer, Proposer, SpecDecoder
 from quire.core.structured_outputs import StructuredOutputManager
 from quire.default_model import resolve_model
 from quire.grammar import LLGuidanceBackend
@@ -66,22 +68,54 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
         structured_outputs=StructuredOutputManager(
             functools.partial(LLGuidanceBackend, copy.deepcopy(tokenizer.hf), info.vocab_size),
             info.vocab_size, tokenizer.eos_token_id),
-        speculative=_spec_decoder(config, max_model_len),
+        speculative=_spec_decoder(config, executor_cls, plugins, tokenizer, info,
+                                  num_blocks, block_size, max_model_len, max_tokens),
     )
 
 
-def _spec_decoder(config: EngineConfig, max_model_len: int) -> SpecDecoder | None:
+def _spec_decoder(config: EngineConfig, executor_cls: type[Executor], plugins: QuirePlugins,
+                  tokenizer: HFTokenizer, info: ModelInfo, num_blocks: int, block_size: int,
+                  max_model_len: int, max_num_batched_tokens: int) -> SpecDecoder | None:
     spec = config.speculative_config
     if spec is None:
         return None
     assert not isinstance(spec, (dict, str))  # parsed by EngineConfig
+    proposer: Proposer
     if spec.method == "ngram":
         proposer = NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
     else:
-        raise ValueError("speculative method 'draft_model' is not available yet")
+        assert spec.model is not None
+        _check_same_tokenizer(tokenizer, spec.model)
+        # The draft model: a second executor of the same backend, its cache as many blocks
+        # as the target's (smaller per block, as the model is smaller).
+        draft = executor_cls(config, plugins.models())
+        draft_info = draft.load_model(spec.model, config.dtype)
+        draft.allocate_kv_cache(num_blocks, block_size)
+        logger.info("draft model %s (%s, %d layers), KV cache %.2f GiB", spec.model,
+                    draft_info.architecture, draft_info.num_layers,
+                    num_blocks * draft.kv_cache_bytes_per_block(block_size) / (1 << 30))
+        proposer = DraftModelProposer(
+            draft, num_blocks, block_size, min(max_model_len, draft_info.max_model_len),
+            max_num_batched_tokens, info.vocab_size)
     logger.info("speculative decoding: %s, %d draft tokens per step%s", spec.method,
                 spec.num_speculative_tokens, " (adaptive)" if spec.adaptive else "")
     return SpecDecoder(spec, proposer, max_model_len)
+
+
+def _check_same_tokenizer(tokenizer: HFTokenizer, draft_model: str) -> None:
+    """The draft model's tokenizer (when its folder or file has one) must encode like the
+    target's: drafts are token ids."""
+    try:
+        draft_tok = HFTokenizer.from_pretrained(draft_model)
+    except ValueError:  # no tokenizer there: nothing to compare
+        logger.warning("could not load a tokenizer from draft model %s to compare; assuming "
+                       "it shares the target's", draft_model)
+        return
+    probe = "The quick brown fox jumps over the lazy dog. 0123456789 {\"key\": [1, 2]}"
+    if draft_tok.encode(probe) != tokenizer.encode(probe):
+        raise ValueError(f"the draft model {draft_model} does not share the target model's "
+                         "tokenizer (they encode the same text differently); speculative "
+                         "decoding needs a draft model from the same family")
 
 
 def _ensure_logging(plugin_loggers: list[str]) -> None:

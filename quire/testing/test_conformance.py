@@ -13,8 +13,9 @@
    grammar): a random-weight model's outputs satisfy their constraints;
 5. speculative decoding: steps whose requests carry draft tokens as extra query positions
    (several query tokens after a cached context, a logits row per position) give the same
-   greedy tokens as the cpu backend without speculation, and seeded sampling gives the
-   same tokens as the backend itself without speculation.
+   greedy tokens as the cpu backend without speculation (n-gram and draft-model
+   proposers), and seeded sampling gives the same tokens as the backend itself without
+   speculation.
 
 A backend that is not registered, not available, or whose plugin or executor fails to
 load is a failure with the reason, never a silent pass (--quire-skip-unavailable turns that
@@ -278,11 +279,16 @@ SPEC_PROMPTS = [
 
 
 def _spec_generate(model_dir: str, backend: str, dtype: str, block_size: int,
-                   speculative: bool, params):
+                   speculative: bool | str, params):
     from quire import LLM
 
-    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
-            "adaptive": False} if speculative else None
+    spec = None
+    if speculative == "draft_model":  # the model drafting for itself
+        spec = {"method": "draft_model", "model": model_dir, "num_speculative_tokens": 3,
+                "adaptive": False}
+    elif speculative:
+        spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
+                "adaptive": False}
     llm = LLM(model_dir, backend=backend, dtype=dtype, block_size=block_size,
               num_blocks=1 + 4 * cdiv(128, block_size), max_model_len=128,
               max_num_batched_tokens=32, speculative_config=spec)
@@ -308,3 +314,9 @@ def test_speculative_decoding_matches_plain(backend, caps, model_dir):
     plain, _ = _spec_generate(model_dir, backend.spec.name, dtype, bs, False, seeded)
     spec, _ = _spec_generate(model_dir, backend.spec.name, dtype, bs, True, seeded)
     assert [o.outputs[0].token_ids for o in spec] == [o.outputs[0].token_ids for o in plain]
+    # A draft model on the backend (the model itself: its greedy drafts are the target's
+    # greedy tokens, so nearly all are accepted when its own cache is kept right).
+    got, stats = _spec_generate(model_dir, backend.spec.name, dtype, bs, "draft_model",
+                                greedy)
+    _assert_greedy_equal(ref, got, NEAR_TIE.get(dtype, NEAR_TIE["bfloat16"]))
+    assert stats.num_accepted_tokens >= 0.9 * stats.num_draft_tokens > 0, stats

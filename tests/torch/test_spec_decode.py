@@ -107,3 +107,34 @@ def test_unseeded_token_distribution_is_unchanged(model_factory):
 def test_bad_speculative_config_is_a_clear_error(llama_dir):
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         LLM(llama_dir, speculative_config={"method": "ngram"})
+
+
+def test_draft_model_greedy_equals_plain_and_frees_its_cache(model_factory, llama_dir):
+    small = model_factory("llama", num_layers=1, hidden_size=32, seed=1)
+    kwargs = dict(dtype="float32", block_size=8, num_blocks=40, max_num_batched_tokens=32)
+    plain = LLM(llama_dir, **kwargs)
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    want = token_ids(plain, PROMPTS, params)
+    for draft, full_acceptance in [(llama_dir, True), (small, False)]:
+        spec = LLM(llama_dir, speculative_config={"method": "draft_model", "model": draft,
+                                                  "num_speculative_tokens": 3,
+                                                  "adaptive": False}, **kwargs)
+        assert token_ids(spec, PROMPTS, params) == want
+        stats = spec.engine.stats().spec_decode
+        assert stats.num_draft_tokens > 0
+        # The target drafting for itself: every draft is accepted (its draft cache is right).
+        assert (stats.num_accepted_tokens == stats.num_draft_tokens) == full_acceptance
+        proposer = spec.engine.speculative.proposer
+        assert not proposer.seqs and proposer.kv.stats().num_used_blocks == 0
+        spec.engine.shutdown()
+
+
+def test_draft_model_with_another_tokenizer_is_refused(llama_dir, tmp_path):
+    from quire.testing.tiny_models import build_model, build_tokenizer
+
+    other = str(tmp_path / "other")
+    build_model(other, num_layers=1, hidden_size=32)
+    build_tokenizer(other, vocab_size=300)  # a different vocabulary
+    with pytest.raises(ValueError, match="does not share the target model's tokenizer"):
+        LLM(llama_dir, dtype="float32", speculative_config={
+            "method": "draft_model", "model": other, "num_speculative_tokens": 2})
