@@ -195,6 +195,8 @@ class LLMEngine:
         times, t0 = self.step_times, time.perf_counter()
         if self.speculative is not None:
             self.speculative.propose(self.scheduler.running)
+            if self.structured is not None:
+                self.structured.trim_drafts(self.scheduler.running)
         sched_out = self.scheduler.schedule()
         t1 = time.perf_counter()
         times["schedule"] += t1 - t0
@@ -224,9 +226,12 @@ class LLMEngine:
         new_token_ids = self._new_tokens(batch, model_out.sampled_token_ids, sched_out,
                                          t3 - t2 - sample_time)
         updated, counts, finished = self.scheduler.update_from_output(sched_out, new_token_ids)
-        self.num_generation_tokens += sum(counts)
         if constrained:
-            self._advance_grammars(updated, dead)
+            before = [r.num_output_tokens for r in updated]
+            self._advance_grammars(updated, counts, dead)
+            # Tokens sampled past a grammar's end were dropped.
+            counts = [c - (b - r.num_output_tokens) for c, b, r in zip(counts, before, updated)]
+        self.num_generation_tokens += sum(counts)
         t4 = time.perf_counter()
         times["update"] += t4 - t3
         rows = batch.logits_row_start[:-1].tolist()
@@ -275,16 +280,16 @@ class LLMEngine:
         Returns (whether any is, the requests whose constraint allows no token)."""
         if self.structured is None:
             return False, []
-        mask, dead = self.structured.step_bitmask(sched_out.requests, batch.sampled_req_indices)
-        if mask is not None and batch.has_drafts:
-            # Constrained requests draft nothing (one row each); others have all bits set.
-            mask = np.repeat(mask, np.diff(batch.logits_row_start), axis=0)
+        drafts = [sched_out.draft_token_ids[i] for i in batch.sampled_req_indices.tolist()]
+        mask, dead = self.structured.step_bitmask(sched_out.requests, batch.sampled_req_indices,
+                                                  batch.logits_row_start, drafts)
         batch.sampling.token_bitmask = mask
         return mask is not None, dead
 
-    def _advance_grammars(self, updated: Sequence[Request], dead: Sequence[Request]) -> None:
+    def _advance_grammars(self, updated: Sequence[Request], counts: Sequence[int],
+                          dead: Sequence[Request]) -> None:
         assert self.structured is not None
-        complete, violated = self.structured.advance(updated, dead)
+        complete, violated = self.structured.advance(updated, counts, dead)
         self.scheduler.finish_requests(complete, RequestStatus.FINISHED_STOPPED)
         self.scheduler.finish_requests(violated, RequestStatus.FINISHED_ERROR)
 

@@ -181,8 +181,7 @@ class SpecDecoder:
 
     def propose(self, running: Sequence[Request]) -> None:
         """Set spec_token_ids on the running requests that decode next step."""
-        decoding = [r for r in running
-                    if r.num_tokens - r.num_computed_tokens == 1 and r.grammar is None]
+        decoding = [r for r in running if r.num_tokens - r.num_computed_tokens == 1]
         for r in running:
             r.spec_token_ids = []
         cfg = self.config

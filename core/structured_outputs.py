@@ -40,6 +40,13 @@ class GrammarMatcher(Protocol):
     def is_terminated(self) -> bool:
         """The grammar is complete and allows nothing more (the request should stop)."""
 
+    def validate(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of token_ids the grammar accepts, in order (the matcher
+        does not move)."""
+
+    def rollback(self, num_tokens: int) -> None:
+        """Undo the last num_tokens consumed tokens."""
+
 
 class GrammarBackend(ABC):
     """A grammar engine. compile() may run on any thread; the rest on the engine's."""
@@ -147,35 +154,76 @@ class StructuredOutputManager:
                 failed.append(parent)
         return ready, failed, waiting
 
-    def step_bitmask(self, requests: Sequence[Request], sampled_req_indices: np.ndarray
+    def trim_drafts(self, requests: Sequence[Request]) -> None:
+        """Cut each constrained request's draft tokens before the first its grammar rejects
+        (speculative decoding)."""
+        for r in requests:
+            state = r.grammar
+            if r.spec_token_ids and state is not None and state.matcher is not None:
+                del r.spec_token_ids[state.matcher.validate(r.spec_token_ids):]
+
+    def step_bitmask(self, requests: Sequence[Request], sampled_req_indices: np.ndarray,
+                     row_start: np.ndarray, drafts: Sequence[Sequence[int]]
                      ) -> tuple[np.ndarray | None, list[Request]]:
-        """The bitmask of a step's sampled rows (Batch.sampled_req_indices into requests),
-        None when none is constrained; and the requests allowed no token."""
+        """The bitmask of a step's logits rows, None when no sampled request is
+        constrained; and the requests allowed no token. Sampled request i
+        (requests[sampled_req_indices[i]]) owns rows row_start[i]:row_start[i + 1], one per
+        draft drafts[i][j] and a last one: row j masks what may follow its j first drafts
+        (the matcher steps through the drafts and is rolled back)."""
         if not any(r.grammar is not None for r in requests):
             return None, []
         sampled = [requests[i] for i in sampled_req_indices.tolist()]
-        states = [r.grammar for r in sampled]
-        if not any(s is not None for s in states):
+        if not any(r.grammar is not None for r in sampled):
             return None, []
+        first_rows = row_start[:-1]
+        states: list[GrammarState | None] = [None] * int(row_start[-1])
+        for r, row in zip(sampled, first_rows.tolist()):
+            states[row] = r.grammar
         mask, dead_rows = self.bitmask(states)
-        return mask, [sampled[i] for i in dead_rows]
+        dead = {int(np.searchsorted(row_start, row, side="right")) - 1 for row in dead_rows}
+        # Draft positions: advance every drafting matcher by one draft, fill, repeat.
+        drafting = [(r.grammar.matcher, row, list(d)) for r, row, d in zip(sampled,
+                                                                          first_rows.tolist(),
+                                                                          drafts)
+                    if d and r.grammar is not None and r.grammar.matcher is not None]
+        depth = 0
+        while drafting:
+            depth += 1
+            rows = []
+            for matcher, row, d in drafting:
+                matcher.consume(d[depth - 1])
+                rows.append((matcher, row + depth))
+            self._fill(rows, mask)
+            for matcher, _, d in drafting:
+                if len(d) == depth:
+                    matcher.rollback(depth)
+            drafting = [x for x in drafting if len(x[2]) > depth]
+        return mask, [sampled[i] for i in sorted(dead)]
 
-    def advance(self, updated: Sequence[Request], dead: Sequence[Request]
-                ) -> tuple[list[str], list[str]]:
-        """Feed each constrained request its new token. Returns the ids to finish as
-        complete (grammar done: stop) and as violated (error, reason on the request)."""
+    def advance(self, updated: Sequence[Request], counts: Sequence[int],
+                dead: Sequence[Request]) -> tuple[list[str], list[str]]:
+        """Feed each constrained request its new tokens (counts[i] of them). Returns the ids
+        to finish as complete (grammar done: stop; tokens after the end are dropped) and as
+        violated (error, reason on the request)."""
         complete, violated = [], []
         dead_ids = {r.request_id for r in dead}
-        for request in updated:
+        for request, count in zip(updated, counts):
             state = request.grammar
-            if state is None or state.matcher is None or request.is_finished or \
-                    request.request_id in dead_ids:
+            # (A request a stop token just finished still gets its tokens checked: a token
+            # after the grammar's end, such as that stop token in a run, is dropped.)
+            if state is None or state.matcher is None or request.request_id in dead_ids:
                 continue
-            if not state.matcher.consume(request.output_token_ids[-1]):
-                request.error = "the sampled token violates the output constraint"
-                violated.append(request.request_id)
-            elif state.matcher.is_terminated():
-                complete.append(request.request_id)
+            new = request.output_token_ids[-count:]
+            for i, token_id in enumerate(new):
+                if not state.matcher.consume(token_id):
+                    if not request.is_finished:
+                        request.error = "the sampled token violates the output constraint"
+                        violated.append(request.request_id)
+                    break
+                if state.matcher.is_terminated():
+                    request.discard_last_tokens(count - 1 - i)
+                    complete.append(request.request_id)
+                    break
         for request in dead:
             request.error = ("no token can continue the output under its constraint (the "
                              "grammar cannot be satisfied with this vocabulary)")
@@ -191,16 +239,22 @@ class StructuredOutputManager:
         mask = np.full((len(states), self.num_words), -1, dtype=np.int32)
         rows = [(s.matcher, i) for i, s in enumerate(states)
                 if s is not None and s.matcher is not None]
-        if rows:
-            self.backend().fill_bitmask(rows, mask)
-        constrained = np.array([i for _, i in rows], dtype=np.int64)
-        dead = constrained[~mask[constrained].any(axis=1)].tolist() if rows else []
+        return mask, self._fill(rows, mask)
+
+    def _fill(self, rows: list[tuple[GrammarMatcher, int]], mask: np.ndarray) -> list[int]:
+        """Fill the given rows. Returns the rows that allow no token at all; those are set
+        to allow EOS only (such a request may only end)."""
+        if not rows:
+            return []
+        self.backend().fill_bitmask(rows, mask)
+        filled = np.array([i for _, i in rows], dtype=np.int64)
+        dead = filled[~mask[filled].any(axis=1)].tolist()
         for row in dead:
             mask[row] = 0
             if self.eos_token_id is not None:
                 mask[row, self.eos_token_id // 32] = np.int32(
                     np.uint32(1 << (self.eos_token_id % 32)).view(np.int32))
-        return mask, dead
+        return dead
 
     def shutdown(self) -> None:
         if self._pool is not None:

@@ -29,6 +29,12 @@ class LLGuidanceMatcher:
     def is_terminated(self) -> bool:
         return bool(self.inner.is_stopped())
 
+    def validate(self, token_ids: Sequence[int]) -> int:
+        return int(self.inner.validate_tokens(list(token_ids)))
+
+    def rollback(self, num_tokens: int) -> None:
+        self.inner.rollback(num_tokens)
+
 
 class LLGuidanceBackend(GrammarBackend):
     """hf_tokenizer: a transformers fast tokenizer; vocab_size: the model's logits width

@@ -9,8 +9,11 @@ import threading
 import numpy as np
 import pytest
 
+from quire.core.engine import LLMEngine
 from quire.core.executor import ModelOutput
 from quire.core.sampling_params import SamplingParams, StructuredOutputsParams
+from quire.core.spec_config import SpeculativeConfig
+from quire.core.spec_decode import Proposer, SpecDecoder
 from quire.core.structured_outputs import GrammarBackend, StructuredOutputManager
 from tests.core.fakes import CountingExecutor, check_invariants, make_engine, run_to_completion
 
@@ -31,6 +34,16 @@ class WordMatcher:
 
     def is_terminated(self) -> bool:
         return self.pos == len(self.word)
+
+    def validate(self, token_ids) -> int:
+        n = 0
+        while n < len(token_ids) and 0 <= self.pos + n < len(self.word) and \
+                token_ids[n] == self.word[self.pos + n]:
+            n += 1
+        return n
+
+    def rollback(self, num_tokens: int) -> None:
+        self.pos -= num_tokens
 
 
 class WordBackend(GrammarBackend):
@@ -74,7 +87,7 @@ class MaskedExecutor(CountingExecutor):
         return ModelOutput(np.asarray(out, dtype=np.int64))
 
 
-def engine_with(backend: GrammarBackend, **kwargs):
+def engine_with(backend: GrammarBackend, **kwargs) -> LLMEngine:
     manager = StructuredOutputManager(lambda: backend, 100, eos_token_id=99)
     engine = make_engine(executor=MaskedExecutor(), **kwargs)
     engine.structured = manager
@@ -181,3 +194,38 @@ def test_compiled_grammars_are_cached_and_bounded(monkeypatch):
     assert len(manager._cache) == 2
     assert a.result() == [0, 1]  # an evicted compilation still completes for its holder
     manager.shutdown()
+
+
+class CountingProposer(Proposer):
+    """Drafts (last + 1) % 26, (last + 2) % 26, ...: what MaskedExecutor samples unmasked."""
+
+    def propose(self, requests, num_drafts):
+        return [[(r.all_token_ids[-1] + j) % 26 for j in range(1, k + 1)]
+                for r, k in zip(requests, num_drafts)]
+
+
+@pytest.mark.parametrize("pattern, prompt", [("cdefxyz", "ab"), ("abc", "z"),
+                                             ("bcdefghij", "a")])
+def test_speculative_drafts_are_masked_per_position(pattern, prompt):
+    """Drafts are cut where the grammar rejects them; each draft row is masked by the state
+    after the drafts before it; tokens past the grammar's end are dropped."""
+    plain = engine_with(WordBackend())
+    plain.add_request(prompt, word(pattern), request_id="r")
+    want = run_to_completion(plain)["r"].outputs[0]
+    sd = SpecDecoder(SpeculativeConfig(method="ngram", num_speculative_tokens=3,
+                                       adaptive=False), CountingProposer(), 64)
+    engine = engine_with(WordBackend(), speculative=sd)
+    engine.add_request(prompt, word(pattern), request_id="r")
+    engine.add_request(prompt, SamplingParams(max_tokens=6, ignore_eos=True), request_id="f")
+    done = run_to_completion(engine)
+    got = done["r"].outputs[0]
+    assert (got.text, got.token_ids, got.finish_reason) == \
+        (want.text, want.token_ids, "stop") and got.text == pattern
+    assert done["f"].outputs[0].token_ids == [(ord(prompt[-1]) - 97 + j) % 26
+                                               for j in range(1, 7)]
+    assert sd.stats.num_accepted_tokens > 0
+    drafted = [b for b in engine.executor.batches
+               if b.sampling.token_bitmask is not None and b.has_drafts]
+    assert drafted and all(b.sampling.token_bitmask.shape[0] == len(b.logits_indices)
+                           for b in drafted)
+    assert engine.kv_cache.pool.num_free_blocks == engine.kv_cache.num_usable_blocks
