@@ -1,18 +1,25 @@
 """GGUF files (llama.cpp's format): config and weights, dequantized, under HF names.
 
 A .gguf file carries the config as key/value metadata, the tokenizer (read by transformers
-elsewhere) and tensors, often quantized (Q4_1, Q8_0, ...): they are dequantized here with the
-`gguf` package and cast to the engine dtype by each family's loader. numpy only: both
-families read GGUF files through it.
+elsewhere) and tensors, often quantized (Q4_1, Q8_0, ...). With keep_quantized, 2-D weights
+of a format quire.models.quant repacks come out as PackedWeight (kept at their size);
+everything else is dequantized here with the `gguf` package (one log line per quantized
+type) and cast to the engine dtype by each family's loader. numpy only: both families read
+GGUF files through it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from quire.models.quant import PackedWeight, from_gguf
+
+logger = logging.getLogger(__name__)
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "qwen3": "Qwen3ForCausalLM"}
@@ -79,28 +86,42 @@ def _unpermute_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def gguf_weights(reader, config: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
+def gguf_weights(reader, config: dict[str, Any], keep_quantized: bool = False
+                 ) -> Iterator[tuple[str, np.ndarray | PackedWeight]]:
+    from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
 
     permute = config["model_type"] == "llama"
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    plain = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+    dequantized: set[str] = set()
     for t in reader.tensors:
-        w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # own, writable
         m = _LAYER_RE.fullmatch(t.name)
-        if m is None:
-            if t.name not in _GLOBAL_NAMES:
-                raise ValueError(f"unexpected GGUF tensor {t.name!r}")
-            yield _GLOBAL_NAMES[t.name], w
-            continue
-        layer, part, kind = m.groups()
-        if part not in _LAYER_NAMES:
+        if m is None and t.name not in _GLOBAL_NAMES or \
+                m is not None and m.group(2) not in _LAYER_NAMES:
             raise ValueError(f"unexpected GGUF tensor {t.name!r}")
+        name = _GLOBAL_NAMES[t.name] if m is None else \
+            f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+        part = None if m is None else m.group(2)
+        w: np.ndarray | PackedWeight | None = None
+        if keep_quantized and len(t.shape) == 2:
+            n, k = int(t.shape[1]), int(t.shape[0])  # GGUF lists dimensions innermost first
+            w = from_gguf(t.data, int(t.tensor_type), (n, k))
+        if w is None:
+            if t.tensor_type not in plain and t.tensor_type.name not in dequantized:
+                dequantized.add(t.tensor_type.name)
+                logger.info("GGUF %s tensors dequantized at load%s", t.tensor_type.name,
+                            " (no kernel for this type on this backend)" if keep_quantized
+                            else "")
+            w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # writable
         if permute and part in heads:
-            w = _unpermute_rope(w, heads[part])
-        yield f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}", w
+            w = _unpermute_rope(w, heads[part]) if isinstance(w, np.ndarray) else \
+                w.rows(_unpermute_rope(np.arange(w.shape[0]), heads[part]))
+        yield name, w
 
 
-def open_gguf(path: str) -> tuple[dict[str, Any], Iterator[tuple[str, np.ndarray]]]:
+def open_gguf(path: str, keep_quantized: bool = False
+              ) -> tuple[dict[str, Any], Iterator[tuple[str, np.ndarray | PackedWeight]]]:
     reader = _reader(path)
     config = gguf_config(reader)
-    return config, gguf_weights(reader, config)
+    return config, gguf_weights(reader, config, keep_quantized)

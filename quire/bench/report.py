@@ -13,8 +13,10 @@ logger = logging.getLogger(__name__)
 
 _COLUMNS = [("system", "{}"), ("requests_per_s", "{:.2f}"), ("output_tok_per_s", "{:.1f}"),
             ("total_tok_per_s", "{:.1f}"), ("ttft_s_p50", "{:.3f}"), ("ttft_s_p99", "{:.3f}"),
-            ("itl_s_p50", "{:.4f}"), ("itl_s_p99", "{:.4f}"), ("kv_peak_blocks", "{}"),
-            ("kv_waste_pct", "{:.2f}"), ("prefix_hit_rate", "{:.3f}"), ("preemptions", "{}")]
+            ("itl_s_p50", "{:.4f}"), ("itl_s_p99", "{:.4f}"), ("tpot_s_p50", "{:.4f}"),
+            ("kv_peak_blocks", "{}"), ("kv_waste_pct", "{:.2f}"), ("prefix_hit_rate", "{:.3f}"),
+            ("preemptions", "{}"), ("spec_acceptance_rate", "{:.3f}"),
+            ("spec_mean_accepted_len", "{:.2f}")]
 _TIME_KEYS = ("schedule", "batch", "forward", "logits", "sample", "update", "output")
 
 

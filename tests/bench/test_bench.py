@@ -85,3 +85,19 @@ def test_bench_structured(llama_dir, tmp_path, capsys):
     rows = json.loads(path.read_text())["results"]
     assert [r.get("running") for r in rows[:2]] == [1, 3]
     assert all(r["step_ms_json_schema"] > 0 for r in rows[:2])
+
+
+def test_bench_latency_grounded_with_speculation(llama_dir, tmp_path, capsys):
+    """--speculative-config runs speculation off alongside and reports the ratio and the
+    acceptance figures (the tiny model's tokenizer has a chat template)."""
+    spec = '{"method": "ngram", "num_speculative_tokens": 3}'
+    assert cli_main(["bench", "latency", "--model", llama_dir, "--workload", "grounded",
+                     "--batch-size", "2", "--output-len", "12", "--speculative-config", spec,
+                     "--output-dir", str(tmp_path), "--num-blocks", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "time per output token" in out and "quire (cpu) spec" in out
+    doc = json.loads(next(tmp_path.glob("latency-*.json")).read_text())
+    spec_row, plain_row = doc["results"]
+    assert "spec_acceptance_rate" in spec_row and "spec_acceptance_rate" not in plain_row
+    assert doc["settings"]["tpot_speedup"] > 0
+    assert spec_row["tpot_s_p50"] > 0 and plain_row["tpot_s_p50"] > 0

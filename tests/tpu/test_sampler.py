@@ -83,3 +83,46 @@ def test_seeded_rows_repeat_whatever_the_batch():
     draws = {int(run(logits[:1], batch_for([SamplingParams(temperature=1.0)]), seed=s)[0][0])
              for s in range(8)}
     assert len(draws) > 1  # unseeded rows do vary with the step key
+
+
+def test_draft_rows_verify_alike_on_torch_and_jax():
+    """Rows of speculative decoding (k drafts + 1 per request, each with its own output
+    step's penalties and bans): greedy samples equal torch's row for row, so the core
+    accepts the same drafts; sampled rows accept a one-hot draft d with probability p(d) on
+    both (the accept/resample rule for deterministic drafts)."""
+    from quire.core.batch import build_sampling_batch
+    from quire.core.spec_decode import accepted_counts
+    from tests.core.fakes import make_request
+
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 40)).astype(np.float32) * 3
+    top = logits.argmax(axis=1).tolist()
+    reqs = [make_request("a", [1, 2], SamplingParams(temperature=0, presence_penalty=1.5),
+                         None, 4, 20),
+            make_request("b", [3], SamplingParams(temperature=0, min_tokens=2), 5, 4, 20)]
+    # a verifies drafts [top0, top1, 9]: row 1 sees top0 penalized; b verifies [top4].
+    drafts = [[top[0], top[1], 9], [top[4]]]
+    sb = build_sampling_batch(reqs, drafts)
+    assert sb.output_token_ids[1].tolist()[:1] == [top[0]]
+    want = Sampler(0)(torch.from_numpy(logits), sb).token_ids.numpy()
+    got, *_ = run(logits, sb)
+    assert got.tolist() == want.tolist()
+    flat_drafts = np.array([top[0], top[1], 9, -1, top[4], -1])
+    row_start = np.array([0, 4, 6])
+    np.testing.assert_array_equal(accepted_counts(got, flat_drafts, row_start),
+                                  accepted_counts(want, flat_drafts, row_start))
+
+    # Sampled: one row per seed, the same distribution, draft = the second most likely.
+    n = 2000
+    base = (rng.standard_normal(40) * 1.5).astype(np.float32)
+    p = np.exp(base - base.max())
+    p /= p.sum()
+    draft = int(np.argsort(-p)[1])
+    params = [SamplingParams(temperature=1.0, seed=s) for s in range(n)]
+    sb = batch_for(params)
+    tile = np.tile(base, (n, 1))
+    rate_torch = float((Sampler(0)(torch.from_numpy(tile), sb).token_ids.numpy() == draft)
+                       .mean())
+    rate_jax = float((run(tile, sb)[0] == draft).mean())
+    tol = 4 * np.sqrt(p[draft] * (1 - p[draft]) / n)
+    assert abs(rate_torch - p[draft]) < tol and abs(rate_jax - p[draft]) < tol

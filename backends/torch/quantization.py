@@ -1,0 +1,189 @@
+"""Weight-only quantization for the torch family: the method contract, the registry plugins
+extend (quire_register_quantization), and the layers a quantized checkpoint becomes.
+
+A LinearMethod serves one linear layer through the life cycle vLLM's users know:
+create_weights (the parameters for this shape) -> load_weights (the checkpoint's tensors)
+-> process_after_loading (e.g. repack for the kernel) -> apply(x). Methods are chosen by
+name: from the checkpoint (a GGUF file's tensor types: "gguf") or by --quantization.
+
+The arithmetic of a step is left to a QuantKernel the backend supplies (the cpu backend's
+native fused dequantize-dot); a backend without one gets no packed weights at all — they
+are dequantized at load, with a log line naming the type.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quire.models.quant import PackedWeight
+
+logger = logging.getLogger(__name__)
+
+
+class QuantKernel(Protocol):
+    """A backend's packed-weight arithmetic. formats: the PackedWeight sources it runs
+    ("Q4_1", ...)."""
+
+    formats: frozenset[str]
+
+    def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        """x [M, K] -> [M, N] in x's dtype."""
+
+    def dequantize(self, layer: QuantLinear) -> torch.Tensor:
+        """The layer's weight as a float32 [N, K] matrix."""
+
+
+class QuantLinear(nn.Module):
+    """y = x W^T (+ bias), W held packed by its LinearMethod."""
+
+    def __init__(self, in_features: int, out_features: int, method: LinearMethod,
+                 bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.method = method
+        self.bias = bias
+        method.create_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.method.apply(self, x)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.method.describe(self)}"
+
+
+class LinearMethod(ABC):
+    """One linear layer's weight format (see the module docstring for the life cycle)."""
+
+    name: str
+
+    @abstractmethod
+    def create_weights(self, layer: QuantLinear) -> None:
+        """Register the (empty) parameters or buffers of layer's shape."""
+
+    @abstractmethod
+    def load_weights(self, layer: QuantLinear, weight: object) -> None:
+        """Take the checkpoint's tensor(s) for this layer."""
+
+    def process_after_loading(self, layer: QuantLinear) -> None:  # noqa: B027 (optional)
+        """Repack for the kernel, once, after loading."""
+
+    @abstractmethod
+    def apply(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] -> x W^T [M, N] in x's dtype."""
+
+    def describe(self, layer: QuantLinear) -> str:
+        return self.name
+
+
+class PackedLinearMethod(LinearMethod):
+    """quire.models.quant.PackedWeight (GGUF's Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) run by the
+    backend's QuantKernel."""
+
+    name = "gguf"
+
+    def __init__(self, kernel: QuantKernel) -> None:
+        self.kernel = kernel
+
+    def create_weights(self, layer: QuantLinear) -> None:
+        layer.register_buffer("qweight", torch.empty(0, dtype=torch.uint8), persistent=False)
+        layer.register_buffer("scales", torch.empty(0, dtype=torch.float16), persistent=False)
+        layer.register_buffer("mins", torch.empty(0, dtype=torch.float16), persistent=False)
+        layer.bits = 0
+        layer.source = ""
+
+    def load_weights(self, layer: QuantLinear, weight: object) -> None:
+        assert isinstance(weight, PackedWeight)
+        if weight.shape != (layer.out_features, layer.in_features):
+            raise ValueError(f"packed weight {weight.shape} for a layer of "
+                             f"{(layer.out_features, layer.in_features)}")
+        layer.qweight = torch.from_numpy(weight.qweight)
+        layer.scales = torch.from_numpy(weight.scales.astype("float16"))
+        layer.mins = torch.empty(0, dtype=torch.float16) if weight.mins is None else \
+            torch.from_numpy(weight.mins.astype("float16"))
+        layer.bits, layer.source = weight.bits, weight.source
+
+    def apply(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.matmul(x, layer)
+
+    def describe(self, layer: QuantLinear) -> str:
+        return f"{layer.source} ({layer.bits}-bit)"
+
+
+class QuantEmbedding(nn.Module):
+    """An embedding table kept packed: the rows a step looks up are dequantized."""
+
+    def __init__(self, linear: QuantLinear) -> None:
+        super().__init__()
+        self.table = linear
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        t = self.table
+        q, s = t.qweight[ids], t.scales[ids].float()
+        if t.bits == 4:
+            q = torch.stack([q.view(len(ids), -1, 16) & 15, q.view(len(ids), -1, 16) >> 4], 2)
+        w = q.reshape(len(ids), -1, 32).float() * s.unsqueeze(-1)
+        if t.mins.numel():
+            w += t.mins[ids].float().unsqueeze(-1)
+        return w.reshape(len(ids), -1)
+
+
+# -- the registry ---------------------------------------------------------------------------
+# name -> factory(kernel) -> LinearMethod. Plugins add theirs with quire_register_quantization.
+METHODS: dict[str, Callable[[QuantKernel], LinearMethod]] = {"gguf": PackedLinearMethod}
+
+
+def quantize_modules(model: nn.Module, packed: dict[str, PackedWeight],
+                     method: LinearMethod, dtype: torch.dtype) -> int:
+    """Swap the linear (and embedding) modules whose weights came packed (param name ->
+    PackedWeight) for QuantLinear / QuantEmbedding. A weight tied to another (embedding and
+    lm_head) stays shared. Returns the bytes the packed weights take."""
+    modules = dict(model.named_modules())
+    by_param: dict[int, QuantLinear] = {}
+    total = 0
+    for param_name, weight in packed.items():
+        owner_name = param_name.rsplit(".", 1)[0]
+        owner = modules[owner_name]
+        dense = owner.weight
+        layer = QuantLinear(weight.shape[1], weight.shape[0], method,
+                            getattr(owner, "bias", None))
+        method.load_weights(layer, weight)
+        method.process_after_loading(layer)
+        total += weight.nbytes
+        by_param[id(dense)] = layer
+        _set(model, owner_name, QuantEmbedding(layer) if isinstance(owner, nn.Embedding)
+             else layer)
+    # Modules sharing a swapped parameter (tied lm_head) share the packed layer.
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) in by_param:
+            layer = by_param[id(module.weight)]
+            _set(model, name, QuantEmbedding(layer) if isinstance(module, nn.Embedding)
+                 else layer)
+    return total
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+class TorchQuantKernel:
+    """Portable arithmetic: dequantize, then a dense matmul (any torch device). Correct but
+    not fast; backends bring a fused kernel."""
+
+    formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"})
+
+    def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        return F.linear(x, self.dequantize(layer).to(x.dtype))
+
+    def dequantize(self, layer: QuantLinear) -> torch.Tensor:
+        emb = QuantEmbedding(layer)
+        return emb(torch.arange(layer.out_features))

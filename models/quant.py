@@ -1,0 +1,122 @@
+"""Weight-only quantized tensors in one framework-free layout both families read, and the
+exact repacking of GGUF's block formats into it.
+
+A PackedWeight holds a [N, K] matrix (N output rows, K inputs) in groups of group_size
+consecutive inputs of one row:
+
+    w[n, k] = scales[n, g] * q[n, k] + (mins[n, g] if mins is not None else 0),  g = k // group
+
+bits 4: q in 0..15, qweight [N, K // 2] uint8; within each group of 32 inputs (16 bytes),
+    byte j holds input j in its low nibble and input j + 16 in its high nibble (GGUF's own
+    order, so Q4_0 / Q4_1 blocks are kept as they are);
+bits 8: q a signed byte, qweight [N, K] int8.
+scales and mins are float16 where the format stores float16 (exactly), else float32.
+
+GGUF formats map exactly: Q4_0 (min = -8 d), Q4_1, Q8_0, Q5_0 / Q5_1 (5-bit values held in
+bytes). K-quants and others have no repacking yet: their loaders dequantize them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# ggml type ids (gguf.GGMLQuantizationType) of the formats repacked here.
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 2, 3, 6, 7, 8
+NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0"}
+_BLOCK_BYTES = {Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q8_0: 34}
+QK = 32  # inputs per GGUF block of these formats
+
+
+@dataclass(frozen=True, slots=True)
+class PackedWeight:
+    bits: int
+    group_size: int
+    qweight: np.ndarray
+    scales: np.ndarray
+    mins: np.ndarray | None
+    shape: tuple[int, int]  # (N, K)
+    source: str  # the checkpoint's format name, for logs ("Q4_1", ...)
+
+    @property
+    def nbytes(self) -> int:
+        return self.qweight.nbytes + self.scales.nbytes + \
+            (self.mins.nbytes if self.mins is not None else 0)
+
+    def rows(self, index: np.ndarray) -> PackedWeight:
+        """The same weight with its rows taken in index order."""
+        return PackedWeight(self.bits, self.group_size, self.qweight[index], self.scales[index],
+                            None if self.mins is None else self.mins[index],
+                            (len(index), self.shape[1]), self.source)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 [N, K] matrix (the reference every kernel is checked against)."""
+        n, k = self.shape
+        if self.bits == 4:
+            b = self.qweight.reshape(n, k // 32, 16)
+            q = np.concatenate([b & 0xF, b >> 4], axis=2).reshape(n, k).astype(np.float32)
+        else:
+            q = self.qweight.astype(np.float32)
+        g = self.group_size
+        w = q.reshape(n, k // g, g) * self.scales.astype(np.float32)[:, :, None]
+        if self.mins is not None:
+            w += self.mins.astype(np.float32)[:, :, None]
+        return w.reshape(n, k)
+
+
+def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
+    """Stack weights along N (fused q/k/v, gate/up). They must share bits, group size and
+    scale dtype; ValueError otherwise (the caller then dequantizes)."""
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.bits, p.group_size, p.scales.dtype, p.mins is None) != \
+                (first.bits, first.group_size, first.scales.dtype, first.mins is None) or \
+                p.shape[1] != first.shape[1]:
+            raise ValueError(f"cannot fuse {first.source} and {p.source} weights")
+    mins = None if first.mins is None else np.concatenate([p.mins for p in parts])  # type: ignore[misc]
+    return PackedWeight(first.bits, first.group_size,
+                        np.concatenate([p.qweight for p in parts]),
+                        np.concatenate([p.scales for p in parts]), mins,
+                        (sum(p.shape[0] for p in parts), first.shape[1]),
+                        "+".join(sorted({p.source for p in parts})))
+
+
+def from_gguf(data: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> PackedWeight | None:
+    """Repack a GGUF tensor's raw blocks (uint8, any shape) of logical shape (N, K); None for
+    a type with no repacking here."""
+    if ggml_type not in _BLOCK_BYTES:
+        return None
+    n, k = shape
+    if k % QK:
+        return None
+    blocks = np.ascontiguousarray(data, dtype=np.uint8).reshape(n, k // QK,
+                                                               _BLOCK_BYTES[ggml_type])
+    d = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0]
+    name = NAMES[ggml_type]
+    if ggml_type == Q8_0:
+        q = blocks[:, :, 2:].copy().view(np.int8).reshape(n, k)
+        return PackedWeight(8, QK, q, d, None, (n, k), name)
+    if ggml_type in (Q4_0, Q4_1):
+        if ggml_type == Q4_1:
+            m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0]
+        else:  # -8 d: exact in float16 unless it overflows
+            m32 = d.astype(np.float32) * -8
+            m = m32.astype(np.float16) if np.abs(m32).max(initial=0) < 6e4 else m32
+            d = d if m.dtype == np.float16 else d.astype(np.float32)
+        qs = blocks[:, :, 4:] if ggml_type == Q4_1 else blocks[:, :, 2:]
+        return PackedWeight(4, QK, np.ascontiguousarray(qs).reshape(n, k // 2), d, m, (n, k),
+                            name)
+    # Q5_0 / Q5_1: 4 low bits as in Q4, the fifth bits in a little-endian uint32 (bit j for
+    # input j); values held in bytes.
+    off = 4 if ggml_type == Q5_1 else 2
+    qh = blocks[:, :, off : off + 4].copy().view(np.uint32)[:, :, 0]
+    qs = blocks[:, :, off + 4 :]
+    low = np.concatenate([qs & 0xF, qs >> 4], axis=2)  # [n, blocks, 32]
+    high = ((qh[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4
+    q5 = (low | high).astype(np.int16)
+    if ggml_type == Q5_0:
+        return PackedWeight(8, QK, (q5 - 16).astype(np.int8).reshape(n, k), d, None, (n, k),
+                            name)
+    m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0]
+    return PackedWeight(8, QK, q5.astype(np.int8).reshape(n, k), d, m, (n, k), name)
