@@ -28,6 +28,10 @@ class EngineConfig:
         kv_cache_memory_bytes.
     max_model_len: longest sequence (prompt + output); None takes the model's limit.
     max_num_batched_tokens: the token budget of one step; None picks a default.
+    quantization: weight quantization method. None: what the checkpoint says, where the
+        backend has a kernel for it (a GGUF file's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors stay
+        packed on the cpu backend); "none": dequantize everything at load; another name
+        (e.g. "gguf", or a plugin's method) requires that method.
     speculative_config: speculative decoding, as vLLM takes it: a dict (or its JSON text)
         such as {"method": "ngram", "num_speculative_tokens": 4}, or a SpeculativeConfig;
         None turns it off.
@@ -46,6 +50,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     seed: int = 0
+    quantization: str | None = None
     speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:

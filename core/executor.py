@@ -86,12 +86,16 @@ class Executor(ABC):
     Lifecycle: load_model -> profile_num_blocks -> allocate_kv_cache -> execute* -> shutdown.
     """
 
-    def __init__(self, config: EngineConfig, extra_models: dict | None = None) -> None:
-        """config: the user's EngineConfig (seed, max_model_len, ...). extra_models:
-        architectures registered by plugins ({architectures[0]: factory}); what a factory is
-        depends on the backend family."""
+    def __init__(self, config: EngineConfig, extra_models: dict | None = None,
+                 extra_quantization: dict | None = None) -> None:
+        """config: the user's EngineConfig (seed, max_model_len, quantization, ...).
+        extra_models: architectures registered by plugins ({architectures[0]: factory});
+        extra_quantization: quantization methods registered by plugins ({name: factory},
+        passed only when a plugin registers some); what a factory is depends on the backend
+        family."""
         self.config = config
         self.extra_models = dict(extra_models or {})
+        self.extra_quantization = dict(extra_quantization or {})
         self.info: ModelInfo | None = None
 
     @classmethod

@@ -43,3 +43,16 @@ def quire_register_models() -> dict[str, Callable]:
     load_weights). The tpu (JAX) family refuses such a model with a message saying so. Later
     plugins override earlier ones for the same name.
     """
+
+
+@hookspec
+def quire_register_quantization() -> dict[str, Callable]:
+    """Return extra weight quantization methods: {name: factory}.
+
+    Honoured by the torch family: factory(kernel) returns a
+    quire.backends.torch.quantization.LinearMethod (create_weights -> load_weights ->
+    process_after_loading -> apply), kernel being the backend's QuantKernel (or None). A
+    method is picked by name with --quantization / LLM(quantization=NAME). The tpu (JAX)
+    family refuses a plugin method with a message. Later plugins override earlier ones.
+    Added in plugin API 1.2.
+    """

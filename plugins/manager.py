@@ -76,6 +76,12 @@ class QuirePlugins:
             found.update(models or {})
         return found
 
+    def quantization_methods(self) -> dict[str, Callable]:
+        found: dict[str, Callable] = {}
+        for _, methods in self._call_each("quire_register_quantization"):
+            found.update(methods or {})
+        return found
+
     def _call_each(self, hook_name: str) -> Iterable[tuple[str, object]]:
         """Call one hook plugin by plugin so that one failing plugin is reported, not fatal."""
         caller = getattr(self.pm.hook, hook_name)

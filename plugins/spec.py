@@ -9,8 +9,8 @@ import pluggy
 
 PROJECT_NAME = "quire"
 # major.minor: a plugin built for another major version is refused. 1.1: api_version must
-# be declared (a spec without it is reported unavailable).
-PLUGIN_API_VERSION = "1.1"
+# be declared (a spec without it is reported unavailable). 1.2: quire_register_quantization.
+PLUGIN_API_VERSION = "1.2"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)

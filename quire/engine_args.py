@@ -37,6 +37,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-chunked-prefill", action="store_true",
                    help="never split a prompt across steps")
     g.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling")
+    g.add_argument("--quantization", "-q", default=None,
+                   help="weight quantization method (default: the checkpoint's, where the "
+                        "backend has a kernel; 'none' dequantizes at load)")
     g.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='speculative decoding, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' or \'{"method": "draft_model", '
@@ -51,5 +54,5 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching,
         enable_chunked_prefill=not args.no_chunked_prefill, seed=args.seed,
-        speculative_config=args.speculative_config,
+        quantization=args.quantization, speculative_config=args.speculative_config,
     )

@@ -35,7 +35,7 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
     if block_size not in caps.block_sizes:
         raise ValueError(f"block_size {block_size} is not supported by backend "
                          f"{status.spec.name!r}; choose one of {caps.block_sizes}")
-    executor = executor_cls(config, plugins.models())
+    executor = _new_executor(executor_cls, config, plugins)
     info = executor.load_model(config.model, config.dtype)
     num_blocks = config.num_blocks or executor.profile_num_blocks(
         block_size, config.kv_cache_memory_bytes)
@@ -88,7 +88,7 @@ def _spec_decoder(config: EngineConfig, executor_cls: type[Executor], plugins: Q
         _check_same_tokenizer(tokenizer, spec.model)
         # The draft model: a second executor of the same backend, its cache as many blocks
         # as the target's (smaller per block, as the model is smaller).
-        draft = executor_cls(config, plugins.models())
+        draft = _new_executor(executor_cls, config, plugins)
         draft_info = draft.load_model(spec.model, config.dtype)
         draft.allocate_kv_cache(num_blocks, block_size)
         logger.info("draft model %s (%s, %d layers), KV cache %.2f GiB", spec.model,
@@ -100,6 +100,14 @@ def _spec_decoder(config: EngineConfig, executor_cls: type[Executor], plugins: Q
     logger.info("speculative decoding: %s, %d draft tokens per step%s", spec.method,
                 spec.num_speculative_tokens, " (adaptive)" if spec.adaptive else "")
     return SpecDecoder(spec, proposer, max_model_len)
+
+
+def _new_executor(executor_cls: type[Executor], config: EngineConfig,
+                  plugins: QuirePlugins) -> Executor:
+    methods = plugins.quantization_methods()
+    if methods:  # (executors written before plugin API 1.2 take two arguments)
+        return executor_cls(config, plugins.models(), methods)
+    return executor_cls(config, plugins.models())
 
 
 def _check_same_tokenizer(tokenizer: HFTokenizer, draft_model: str) -> None:

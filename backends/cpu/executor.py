@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from quire.backends.cpu.attention import CpuAttention
 from quire.backends.cpu.fused import fuse_elementwise
+from quire.backends.cpu import quant_native
 from quire.backends.cpu.linear import pack_linears
+from quire.backends.cpu.quant_native import CpuQuantKernel
 from quire.backends.torch.executor import TorchExecutor
 from quire.core.executor import Capabilities, ModelInfo
 
 
 class CpuExecutor(TorchExecutor):
     attention_cls = CpuAttention
+
+    @property
+    def quant_kernel(self) -> CpuQuantKernel | None:  # type: ignore[override]
+        """GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights stay packed (quant_native.py), unless the
+        kernel cannot be built here."""
+        return CpuQuantKernel() if quant_native.available() else None
 
     @classmethod
     def capabilities(cls) -> Capabilities:

@@ -12,6 +12,13 @@ import torch
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.loader import open_checkpoint
 from quire.backends.torch.models.registry import ModelFactory, resolve_architecture
+from quire.backends.torch.quantization import (
+    METHODS,
+    LinearMethod,
+    QuantKernel,
+    dequantize_packed,
+    quantize_modules,
+)
 from quire.backends.torch.sampler import Sampler
 from quire.backends.torch.workspace import Workspace
 from quire.core.batch import Batch
@@ -29,9 +36,14 @@ class TorchExecutor(Executor):
     attention_cls: type[AttentionImpl]
     device = torch.device("cpu")
 
+    # The backend's packed-weight arithmetic (quantization.py); None: quantized checkpoint
+    # tensors are dequantized at load.
+    quant_kernel: QuantKernel | None = None
+
     def __init__(self, config: EngineConfig,
-                 extra_models: dict[str, ModelFactory] | None = None) -> None:
-        super().__init__(config, extra_models)
+                 extra_models: dict[str, ModelFactory] | None = None,
+                 extra_quantization: dict | None = None) -> None:
+        super().__init__(config, extra_models, extra_quantization)
         self.model: torch.nn.Module | None = None
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler(config.seed)
@@ -39,7 +51,8 @@ class TorchExecutor(Executor):
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
         start = time.perf_counter()
-        raw, weights = open_checkpoint(model_path)
+        method = self.linear_method()
+        raw, weights = open_checkpoint(model_path, keep_quantized=method is not None)
         arch, factory = resolve_architecture(raw, self.extra_models)
         cfg = parse_arch_config(raw, arch)
         dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
@@ -47,12 +60,38 @@ class TorchExecutor(Executor):
         torch.manual_seed(self.config.seed)
         with self.device:
             model = factory(cfg, self.attention_cls, max_len)
-        model.load_weights(weights)
+        if method is not None and not getattr(model, "supports_packed_weights", False):
+            weights = dequantize_packed(weights, arch)
+        packed = model.load_weights(weights) or {}
         self.model = model.to(device=self.device, dtype=TORCH_DTYPES[dtype]).eval()
         self.info = model_info(cfg, dtype)
-        logger.info("loaded %s (%s) from %s in %.1fs", arch, dtype, model_path,
-                    time.perf_counter() - start)
+        quantized = ""
+        if packed:
+            assert method is not None
+            nbytes = quantize_modules(self.model, packed, method, TORCH_DTYPES[dtype])
+            formats = sorted({w.source for w in packed.values()})
+            quantized = (f"; {len(packed)} weights kept quantized ({', '.join(formats)}): "
+                         f"{nbytes / (1 << 20):.0f} MiB")
+        logger.info("loaded %s (%s) from %s in %.1fs%s", arch, dtype, model_path,
+                    time.perf_counter() - start, quantized)
         return self.info
+
+    def linear_method(self) -> LinearMethod | None:
+        """The quantization method serving this load (None: dense weights only)."""
+        name = self.config.quantization if self.config is not None else None
+        methods = {**METHODS, **self.extra_quantization}
+        if name == "none":
+            return None
+        if name is not None and name not in methods:
+            raise ValueError(f"unknown quantization method {name!r}; available: "
+                             f"{', '.join(sorted(methods))}, or 'none'")
+        if self.quant_kernel is None:
+            if name is not None and name not in self.extra_quantization:
+                raise ValueError(f"quantization {name!r} has no kernel on this backend; use "
+                                 "--quantization none (dequantize at load) or the cpu backend")
+            if name is None:
+                return None
+        return methods[name or "gguf"](self.quant_kernel)
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         assert self.info is not None, "load_model first"

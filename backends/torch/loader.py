@@ -11,15 +11,19 @@ from safetensors import safe_open
 
 from quire.models.checkpoint import is_gguf, safetensors_files
 from quire.models.config import read_config_json
+from quire.models.quant import PackedWeight
 
 
-def open_checkpoint(model_path: str) -> tuple[dict[str, Any], Iterator[tuple[str, torch.Tensor]]]:
-    """(HF-style config dict, (name, tensor) iterator) for an HF folder or a .gguf file."""
+def open_checkpoint(model_path: str, keep_quantized: bool = False
+                    ) -> tuple[dict[str, Any], Iterator[tuple[str, torch.Tensor | PackedWeight]]]:
+    """(HF-style config dict, (name, tensor) iterator) for an HF folder or a .gguf file.
+    keep_quantized: GGUF tensors of a repackable format come as PackedWeight."""
     if is_gguf(model_path):
         from quire.models.gguf import open_gguf
 
-        config, arrays = open_gguf(model_path)
-        return config, ((name, torch.from_numpy(w)) for name, w in arrays)
+        config, arrays = open_gguf(model_path, keep_quantized)
+        return config, ((name, w if isinstance(w, PackedWeight) else torch.from_numpy(w))
+                        for name, w in arrays)
     return read_config_json(model_path), iter_weights(model_path)
 
 

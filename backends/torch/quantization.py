@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import torch
@@ -120,9 +120,10 @@ class PackedLinearMethod(LinearMethod):
 class QuantEmbedding(nn.Module):
     """An embedding table kept packed: the rows a step looks up are dequantized."""
 
-    def __init__(self, linear: QuantLinear) -> None:
+    def __init__(self, linear: QuantLinear, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.table = linear
+        self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         t = self.table
@@ -132,7 +133,7 @@ class QuantEmbedding(nn.Module):
         w = q.reshape(len(ids), -1, 32).float() * s.unsqueeze(-1)
         if t.mins.numel():
             w += t.mins[ids].float().unsqueeze(-1)
-        return w.reshape(len(ids), -1)
+        return w.reshape(len(ids), -1).to(self.dtype)
 
 
 # -- the registry ---------------------------------------------------------------------------
@@ -158,15 +159,30 @@ def quantize_modules(model: nn.Module, packed: dict[str, PackedWeight],
         method.process_after_loading(layer)
         total += weight.nbytes
         by_param[id(dense)] = layer
-        _set(model, owner_name, QuantEmbedding(layer) if isinstance(owner, nn.Embedding)
+        _set(model, owner_name, QuantEmbedding(layer, dtype) if isinstance(owner, nn.Embedding)
              else layer)
     # Modules sharing a swapped parameter (tied lm_head) share the packed layer.
     for name, module in list(model.named_modules()):
         if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) in by_param:
             layer = by_param[id(module.weight)]
-            _set(model, name, QuantEmbedding(layer) if isinstance(module, nn.Embedding)
+            _set(model, name, QuantEmbedding(layer, dtype) if isinstance(module, nn.Embedding)
                  else layer)
     return total
+
+
+def dequantize_packed(weights: Iterable[tuple[str, object]], arch: str
+                      ) -> Iterator[tuple[str, object]]:
+    """For a model that takes dense tensors only: PackedWeight -> float32 tensor, with one log
+    line."""
+    told = False
+    for name, w in weights:
+        if isinstance(w, PackedWeight):
+            if not told:
+                logger.info("model %s takes dense weights only: quantized tensors are "
+                            "dequantized at load", arch)
+                told = True
+            w = torch.from_numpy(w.dequantize())
+        yield name, w
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:

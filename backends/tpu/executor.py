@@ -41,8 +41,9 @@ _LOGPROB_BUCKETS = (1, 5, 20)
 
 
 class TpuExecutor(Executor):
-    def __init__(self, config: EngineConfig, extra_models: dict | None = None) -> None:
-        super().__init__(config, extra_models)
+    def __init__(self, config: EngineConfig, extra_models: dict | None = None,
+                 extra_quantization: dict | None = None) -> None:
+        super().__init__(config, extra_models, extra_quantization)
         self.attention_choice = default_attention()
         self.kernel_params = KernelParams()
         self.params: llama.Params | None = None
@@ -70,6 +71,10 @@ class TpuExecutor(Executor):
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
         from quire.models.checkpoint import open_checkpoint
 
+        if self.config.quantization not in (None, "none", "gguf"):
+            raise ValueError(f"quantization {self.config.quantization!r} is not available on "
+                             "the tpu backend, which dequantizes quantized checkpoints at load; "
+                             "use a torch-family backend such as --backend cpu")
         start = time.perf_counter()
         raw, weights = open_checkpoint(model_path)
         arch = architecture_name(raw)

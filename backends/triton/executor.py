@@ -33,8 +33,9 @@ class GpuExecutor(TorchExecutor):
 
     platform: GpuPlatform | None = None
 
-    def __init__(self, config: EngineConfig, extra_models: dict | None = None) -> None:
-        super().__init__(config, extra_models)
+    def __init__(self, config: EngineConfig, extra_models: dict | None = None,
+                 extra_quantization: dict | None = None) -> None:
+        super().__init__(config, extra_models, extra_quantization)
         cfg = self.kernel_config()
         # Each engine gets its own AttentionImpl class carrying this device's tuning.
         self.attention_cls = type("TunedTritonAttention", (TritonAttention,),
@@ -90,11 +91,12 @@ class TritonInterpretExecutor(GpuExecutor):
 
     device = torch.device("cpu")
 
-    def __init__(self, config: EngineConfig, extra_models: dict | None = None) -> None:
+    def __init__(self, config: EngineConfig, extra_models: dict | None = None,
+                 extra_quantization: dict | None = None) -> None:
         if not interpreting():
             raise ValueError("the triton-interpret backend needs TRITON_INTERPRET=1 in the "
                              "environment before triton is imported")
-        super().__init__(config, extra_models)
+        super().__init__(config, extra_models, extra_quantization)
         self.use_graphs = False
 
     @classmethod

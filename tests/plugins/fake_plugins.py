@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quire.backends.torch.models.llama import LlamaForCausalLM
+from quire.backends.torch.quantization import PackedLinearMethod
 from quire.plugins import PLUGIN_API_VERSION as V
 from quire.plugins import Availability, BackendSpec, hookimpl
 
@@ -64,6 +65,24 @@ class Models:
         return {"MyLlamaForCausalLM": LlamaForCausalLM}
 
 
+class CountingMethod(PackedLinearMethod):
+    """A plugin's quantization method: the built-in packed one, counting its calls."""
+
+    name = "counting"
+    calls = 0
+
+    def apply(self, layer, x):
+        CountingMethod.calls += 1
+        return super().apply(layer, x)
+
+
+class Quantization:
+    @hookimpl
+    def quire_register_quantization(self):
+        return {"counting": CountingMethod}
+
+
 good, broken, claims_cpu, old_api, chooser, models = (
     Good(), Broken(), ClaimsCpu(), OldApi(), Chooser(), Models())
+quantization = Quantization()
 unversioned, explodes_on_import = Unversioned(), ExplodesOnImport()

@@ -95,6 +95,26 @@ def test_models_hook_registers_an_architecture(llama_dir, copy_model):
     assert engine.model_info.architecture == "MyLlamaForCausalLM"
 
 
+def test_plugin_quantization_method_is_chosen_by_name():
+    """quire_register_quantization (plugin API 1.2): --quantization NAME picks the plugin's
+    method for the bundled GGUF's packed weights; an unknown name lists the methods."""
+    from quire.core.config import EngineConfig
+    from quire.engine_factory import create_engine
+    from tests.plugins.fake_plugins import CountingMethod
+
+    plugins = load_plugins(env={}, entry_points=eps("quantization"))
+    assert "counting" in plugins.quantization_methods()
+    engine = create_engine(EngineConfig(quantization="counting", num_blocks=16), plugins)
+    from quire import SamplingParams
+
+    engine.add_request("Hello", SamplingParams(max_tokens=2))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert CountingMethod.calls > 0
+    with pytest.raises(ValueError, match="unknown quantization method 'nope'.*counting"):
+        create_engine(EngineConfig(quantization="nope", num_blocks=16), plugins)
+
+
 def test_installed_example_plugin_end_to_end(llama_dir):
     """The example package is pip-installed by the test setup; select it by flag and env."""
     from quire import LLM, SamplingParams

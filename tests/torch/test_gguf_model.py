@@ -1,5 +1,7 @@
 """The bundled real model (SmolLM2-135M-Instruct, GGUF): quire's greedy output equals HF
-transformers' loading the same file."""
+transformers' loading the same file (weights dequantized, as transformers does), and the
+default path — weights kept quantized, the cpu kernel's 8-bit activations — agrees with it
+token for token under teacher forcing."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ MAX_NEW = 20
 def smollm():
     path = default_model.bundled_model_path()
     assert path is not None, f"setup installs the bundled model: {default_model.INSTALL_HINT}"
-    return LLM(dtype="float32", num_blocks=256)  # no model given: the bundled one
+    # No model given: the bundled one; dequantized at load, as transformers reads it.
+    return LLM(dtype="float32", num_blocks=256, quantization="none")
 
 
 def test_bundled_model_is_the_default(smollm):
@@ -72,3 +75,29 @@ def test_cli_generate_defaults_to_the_bundled_model(capsys):
                    "--prompt", "What is the capital of France?"])
     out = capsys.readouterr().out
     assert rc == 0 and "Paris" in out
+
+
+def test_quantized_path_agrees_with_dequantized_weights(smollm):
+    """Teacher-forced top-1 agreement of the default (packed Q4_1 / Q8_0 weights) path with
+    the dequantized-weights path, over 2 x 128 greedy tokens: every prefix of the reference
+    continuation asks the quantized engine for its next token (prefix caching makes that
+    cheap). Also: the packed weights take about the file's size."""
+    quantized = LLM(dtype="float32", num_blocks=512)
+    layers = [m for m in quantized.engine.executor.model.modules()
+              if type(m).__name__ == "QuantLinear"]
+    assert len(layers) == 30 * 4 + 1  # every projection and the (tied) lm_head
+    packed = sum(m.qweight.nbytes + m.scales.nbytes + m.mins.nbytes for m in layers)
+    assert packed <= 1.2 * os.path.getsize(default_model.bundled_model_path())
+    tok = smollm.get_tokenizer()
+    greedy = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
+    agree = total = 0
+    for prompt in PROMPTS[:2]:
+        ids = tok.encode(prompt)
+        (ref,) = smollm.generate([ids], greedy, use_tqdm=False)
+        ref_ids = ref.outputs[0].token_ids
+        prefixes = [ids + ref_ids[:i] for i in range(len(ref_ids))]
+        outs = quantized.generate(prefixes, SamplingParams(temperature=0, max_tokens=1),
+                                  use_tqdm=False)
+        agree += sum(o.outputs[0].token_ids[0] == t for o, t in zip(outs, ref_ids))
+        total += len(ref_ids)
+    assert agree >= 0.99 * total, (agree, total)

@@ -15,6 +15,7 @@ from torch import nn
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.rope import ApplyRotary, RotaryEmbedding
 from quire.models.config import ModelArchConfig
+from quire.models.quant import PackedWeight, concat_rows
 from quire.models.weight_map import WeightTarget, expected_targets, shard_sizes, weight_target
 
 
@@ -105,14 +106,24 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden).float()
 
     # -- weights ---------------------------------------------------------------------------
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    # load_weights accepts quire.models.quant.PackedWeight for linear and embedding weights.
+    supports_packed_weights = True
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | PackedWeight]]
+                     ) -> dict[str, PackedWeight]:
         """Copy HF-named tensors in (fused as quire.models.weight_map says); raises if any
-        parameter is left unset."""
+        parameter is left unset. Returns the parameters that came packed (quantized), fused
+        like the dense ones, by parameter name: the executor swaps their modules."""
         params = dict(self.named_parameters())
         loaded: set[WeightTarget] = set()
+        packed: dict[str, dict[int | None, PackedWeight]] = {}
         for name, tensor in weights:
             target = weight_target(name, self.cfg)
             if target is None:
+                continue
+            if isinstance(tensor, PackedWeight):
+                packed.setdefault(target.name, {})[target.shard] = tensor
+                loaded.add(target)
                 continue
             param = params[target.name].data
             if target.shard is not None:
@@ -126,3 +137,28 @@ class LlamaForCausalLM(nn.Module):
         missing = [t.name for t in expected_targets(self.cfg) if t not in loaded]
         if missing:
             raise ValueError(f"checkpoint is missing tensors: {missing[:8]}")
+        return {name: fused for name, shards in packed.items()
+                if (fused := self._fuse_packed(params[name], name, shards)) is not None}
+
+    def _fuse_packed(self, param: nn.Parameter, name: str,
+                     shards: dict[int | None, PackedWeight]) -> PackedWeight | None:
+        """One packed weight for a (possibly fused) parameter; when its shards cannot be
+        fused packed (some dense, or formats that differ) they are dequantized into the dense
+        parameter and None is returned."""
+        order = sorted(shards, key=lambda s: -1 if s is None else s)
+        part = name.split(".", 2)[2] if name.startswith("layers.") else name
+        sizes = None if None in shards else shard_sizes(self.cfg, part)
+        expected = 1 if sizes is None else len(sizes)
+        if len(order) == expected:
+            try:
+                return concat_rows([shards[s] for s in order])
+            except ValueError:
+                pass
+        for s in order:
+            dense = torch.from_numpy(shards[s].dequantize())
+            if s is None or sizes is None:
+                param.data.copy_(dense)
+            else:
+                offset = sum(sizes[:s])
+                param.data[offset : offset + sizes[s]].copy_(dense)
+        return None

@@ -1,0 +1,83 @@
+"""The cpu backend's packed-weight kernel (sources in quant_csrc.py), built on first use:
+
+- decode rows (up to FUSED_ROWS): a fused dequantize-dot that streams the packed weights
+  once per step for all rows, in float (exact against the dequantized weights). An AVX2+FMA
+  version is chosen at run time when the CPU reports it, else a portable C++ loop. An
+  optional 8-bit-activation variant (int8_activations=True, llama.cpp's scheme: two
+  integer instructions per group) trades exactness for speed; it is not the default because
+  on the bundled model it flips near-tied tokens (its chat answer to "What is the capital
+  of France?" changes);
+- more rows (prefill): dequantize the weight to float32, then one dense GEMM.
+
+isa() says which path runs. QUIRE_CPU_NATIVE=0 turns the kernel off; then packed weights are
+dequantized at load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+
+from quire.backends.torch.quantization import QuantLinear
+
+logger = logging.getLogger(__name__)
+
+FUSED_ROWS = 16
+
+_module = None
+_failed = False
+
+
+def _load():
+    global _module, _failed
+    if _module is None and not _failed:
+        try:
+            from torch.utils.cpp_extension import load_inline
+
+            from quire.backends.cpu.quant_csrc import SOURCE
+
+            _module = load_inline(
+                name="quire_cpu_quant_v7", cpp_sources=[SOURCE],
+                functions=["quant_gemv", "quant_dequantize", "quant_isa"],
+                # No -march=native: the ISA versions are chosen at run time (target_clones).
+                extra_cflags=["-O3", "-fopenmp", "-fassociative-math", "-fno-signed-zeros",
+                              "-fno-trapping-math"],
+                extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as exc:  # no compiler here: packed weights get dequantized at load
+            _failed = True
+            logger.warning("native quantized-matmul kernel unavailable (%s: %s)",
+                           type(exc).__name__, str(exc).splitlines()[0][:200])
+    return _module
+
+
+def available() -> bool:
+    return os.environ.get("QUIRE_CPU_NATIVE", "1") != "0" and _load() is not None
+
+
+def isa() -> str:
+    """The instruction set the kernel runs with on this CPU."""
+    return _load().quant_isa()
+
+
+class CpuQuantKernel:
+    formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"})
+
+    def __init__(self, portable: bool = False, int8_activations: bool = False) -> None:
+        self.portable = portable  # the plain C++ path even where AVX2 is there (tests)
+        self.int8_activations = int8_activations
+
+    def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        xf = x.float().contiguous()
+        if x.shape[0] <= FUSED_ROWS:
+            y = _load().quant_gemv(xf, layer.qweight, layer.scales, layer.mins, layer.bits,
+                                   self.portable, self.int8_activations)
+        else:
+            y = F.linear(xf, self.dequantize(layer))
+        return y.to(x.dtype)
+
+    def dequantize(self, layer: QuantLinear) -> torch.Tensor:
+        return _load().quant_dequantize(layer.qweight, layer.scales, layer.mins, layer.bits,
+                                        layer.in_features)
