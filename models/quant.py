@@ -13,7 +13,9 @@ bits 8: q a signed byte, qweight [N, K] int8.
 scales and mins are float16 where the format stores float16 (exactly), else float32.
 
 GGUF formats map exactly: Q4_0 (min = -8 d), Q4_1, Q8_0, Q5_0 / Q5_1 (5-bit values held in
-bytes). K-quants and others have no repacking yet: their loaders dequantize them.
+bytes), and the K-quants of Q4_K_M / Q5_K_M files: Q4_K (4-bit, group 32, scale d * sc and
+min -dmin * m in float32), Q5_K (held in bytes, group 32) and Q6_K (held in bytes, group 16,
+scale d * sc). Other types have no repacking: their loaders dequantize them.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 # ggml type ids (gguf.GGMLQuantizationType) of the formats repacked here.
-Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 2, 3, 6, 7, 8
-NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0"}
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 12, 13, 14
+NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0", Q4_K: "Q4_K",
+         Q5_K: "Q5_K", Q6_K: "Q6_K"}
 _BLOCK_BYTES = {Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q8_0: 34}
+_K_BLOCK_BYTES = {Q4_K: 144, Q5_K: 176, Q6_K: 210}
+QK_K = 256  # inputs per K-quant super-block
 QK = 32  # inputs per GGUF block of these formats
 
 
@@ -85,6 +90,8 @@ def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
 def from_gguf(data: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> PackedWeight | None:
     """Repack a GGUF tensor's raw blocks (uint8, any shape) of logical shape (N, K); None for
     a type with no repacking here."""
+    if ggml_type in _K_BLOCK_BYTES:
+        return _from_k_quant(data, ggml_type, shape)
     if ggml_type not in _BLOCK_BYTES:
         return None
     n, k = shape
@@ -120,3 +127,57 @@ def from_gguf(data: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> Packe
                             name)
     m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0]
     return PackedWeight(8, QK, q5.astype(np.int8).reshape(n, k), d, m, (n, k), name)
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """q [..., 32] values 0..15 -> [..., 16] bytes in this module's 4-bit order."""
+    return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
+
+
+def _k_scales(s12: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The eight 6-bit scales and mins packed in a K-quant block's 12 bytes: [..., 8] each."""
+    s = s12.astype(np.uint8)
+    sc = np.empty(s.shape[:-1] + (8,), np.uint8)
+    mn = np.empty_like(sc)
+    sc[..., :4] = s[..., 0:4] & 63
+    mn[..., :4] = s[..., 4:8] & 63
+    sc[..., 4:] = (s[..., 8:12] & 0xF) | ((s[..., 0:4] >> 6) << 4)
+    mn[..., 4:] = (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)
+    return sc, mn
+
+
+def _from_k_quant(data: np.ndarray, ggml_type: int, shape: tuple[int, int]
+                  ) -> PackedWeight | None:
+    n, k = shape
+    if k % QK_K:
+        return None
+    b = np.ascontiguousarray(data, dtype=np.uint8).reshape(n, k // QK_K,
+                                                          _K_BLOCK_BYTES[ggml_type])
+    name = NAMES[ggml_type]
+    if ggml_type == Q6_K:
+        ql, qh = b[..., 0:128].reshape(n, -1, 2, 64), b[..., 128:192].reshape(n, -1, 2, 32)
+        sc = b[..., 192:208].copy().view(np.int8).astype(np.float32)  # [n, blocks, 16]
+        d = b[..., 208:210].copy().view(np.float16).astype(np.float32)  # [n, blocks, 1]
+        parts = [(ql[..., :32] & 0xF) | ((qh & 3) << 4),
+                 (ql[..., 32:] & 0xF) | (((qh >> 2) & 3) << 4),
+                 (ql[..., :32] >> 4) | (((qh >> 4) & 3) << 4),
+                 (ql[..., 32:] >> 4) | (((qh >> 6) & 3) << 4)]
+        q = np.stack(parts, axis=3).astype(np.int16) - 32  # [n, blocks, half, 4, 32]
+        return PackedWeight(8, 16, q.astype(np.int8).reshape(n, k),
+                            (d * sc).reshape(n, k // 16), None, (n, k), name)
+    d = b[..., 0:2].copy().view(np.float16).astype(np.float32)
+    dmin = b[..., 2:4].copy().view(np.float16).astype(np.float32)
+    sc, mn = _k_scales(b[..., 4:16])
+    scales = (d * sc).reshape(n, k // 32)
+    mins = (-dmin * mn).reshape(n, k // 32)
+    if ggml_type == Q4_K:
+        qs = b[..., 16:144].reshape(n, -1, 4, 32)  # 4 chunks of 64 inputs
+        q = np.stack([qs & 0xF, qs >> 4], axis=3).reshape(n, k // 32, 32)
+        return PackedWeight(4, 32, _pack_nibbles(q).reshape(n, k // 2), scales, mins, (n, k),
+                            name)
+    qh = b[..., 16:48]  # [n, blocks, 32]: bit i is sub-block i's fifth bit
+    qs = b[..., 48:176].reshape(n, -1, 4, 32)
+    low = np.stack([qs & 0xF, qs >> 4], axis=3).reshape(n, -1, 8, 32)
+    high = ((qh[:, :, None, :] >> np.arange(8, dtype=np.uint8)[:, None]) & 1) << 4
+    q = (low | high).astype(np.int8).reshape(n, k)
+    return PackedWeight(8, 32, q, scales, mins, (n, k), name)

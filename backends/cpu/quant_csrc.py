@@ -1,59 +1,59 @@
 """C++ source of the cpu backend's weight-only quantized matmul (built by quant_native.py).
 
-Layout: quire.models.quant.PackedWeight — N output rows, K inputs, groups of 32 inputs,
-w = scale * q + min per (row, group); 4-bit q as GGUF keeps it (byte j of a group: input j
-low nibble, input j + 16 high nibble), 8-bit q as signed bytes; scales and mins float16.
+Layout: quire.models.quant.PackedWeight — N output rows, K inputs, groups of GS inputs
+(32; 16 for Q6_K's 8-bit values), w = scale * q + min per (row, group); 4-bit q as GGUF
+keeps it (byte j of a group of 32: input j low nibble, input j + 16 high nibble), 8-bit q as
+signed bytes; scales and mins float16 (S = uint16_t) or float32 (K-quants).
 
-The kernels are compiled once per ISA (gcc target_clones: AVX-512, AVX2+FMA, baseline) and
-the loader picks the version the CPU reports at run time, so one build serves machines with
-and without AVX-512.
+Paths, chosen at run time: AVX2 + FMA + F16C where the CPU reports them (functions compiled
+with target attributes, so one build serves every x86-64 machine), else portable C++.
 """
 
 SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define QUIRE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define QUIRE_CLONES
-#endif
+static inline float sval(uint16_t h) { return static_cast<float>(c10::Half(h, c10::Half::from_bits())); }
+static inline float sval(float f) { return f; }
 
-static inline float h2f(uint16_t h) { return static_cast<float>(c10::Half(h, c10::Half::from_bits())); }
+// Group g's weights of row n as floats, portable.
+template <int BITS, int GS>
+static inline void unpack_group(const uint8_t* qw, int64_t K, int64_t n, int64_t g, float* w) {
+  if (BITS == 4) {  // GS == 32
+    const uint8_t* q = qw + n * (K / 2) + g * 16;
+    for (int j = 0; j < 16; ++j) {
+      w[j] = static_cast<float>(q[j] & 15);
+      w[j + 16] = static_cast<float>(q[j] >> 4);
+    }
+  } else {
+    const int8_t* q = reinterpret_cast<const int8_t*>(qw) + n * K + g * GS;
+    for (int j = 0; j < GS; ++j) w[j] = static_cast<float>(q[j]);
+  }
+}
 
-// Rows [n0, n1) of y[M, N] = x[M, K] W^T. xsum[M, K/32]: each group's sum of x (the min
-// term). One pass over the weights for all M rows: each group is unpacked once to floats.
-// Rows [n0, n1) of y[M, N] = x[M, K] W^T, portable version. xsum[M, K/32]: each group's
-// sum of x (the min term). Weights stream once for all M rows.
-template <int BITS>
+// Rows [n0, n1) of y[M, N] = x[M, K] W^T, portable. xsum[M, K/GS]: each group's sum of x
+// (the min term). The weights stream once for all M rows.
+template <int BITS, int GS, typename S>
 static void gemv_rows_portable(const float* x, const float* xsum, const uint8_t* qw,
-                               const uint16_t* sc, const uint16_t* mn, float* y, int64_t M,
-                               int64_t N, int64_t K, int64_t n0, int64_t n1) {
-  const int64_t G = K / 32;
+                               const S* sc, const S* mn, float* y, int64_t M, int64_t N,
+                               int64_t K, int64_t n0, int64_t n1) {
+  const int64_t G = K / GS;
   float w[32];
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t m = 0; m < M; ++m) y[m * N + n] = 0.f;
     for (int64_t g = 0; g < G; ++g) {
-      if (BITS == 4) {
-        const uint8_t* q = qw + n * (K / 2) + g * 16;
-        for (int j = 0; j < 16; ++j) {
-          w[j] = static_cast<float>(q[j] & 15);
-          w[j + 16] = static_cast<float>(q[j] >> 4);
-        }
-      } else {
-        const int8_t* q = reinterpret_cast<const int8_t*>(qw) + n * K + g * 32;
-        for (int j = 0; j < 32; ++j) w[j] = static_cast<float>(q[j]);
-      }
-      const float s = h2f(sc[n * G + g]), b = mn ? h2f(mn[n * G + g]) : 0.f;
+      unpack_group<BITS, GS>(qw, K, n, g, w);
+      const float s = sval(sc[n * G + g]), b = mn ? sval(mn[n * G + g]) : 0.f;
       for (int64_t m = 0; m < M; ++m) {
-        const float* xm = x + m * K + g * 32;
+        const float* xm = x + m * K + g * GS;
         float d = 0.f;
-        for (int j = 0; j < 32; ++j) d += w[j] * xm[j];
+        for (int j = 0; j < GS; ++j) d += w[j] * xm[j];
         y[m * N + n] += s * d + b * xsum[m * G + g];
       }
     }
@@ -62,17 +62,112 @@ static void gemv_rows_portable(const float* x, const float* xsum, const uint8_t*
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-// AVX2 with 8-bit activations (llama.cpp's scheme): each row of x is quantized per group of
-// 32 to int8 with its own scale (xq, xd), so a group's dot product is two integer
-// instructions (maddubs: unsigned x signed bytes -> int16 pairs; madd -> int32) and one FMA
-// with the two scales. 4-bit weights are unsigned (0..15); 8-bit ones signed, handled as
-// |w| times x carrying w's sign. The min term uses the exact float group sums.
-// MC rows at once (a compile-time count, so the accumulators live in registers).
+#define QUIRE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+QUIRE_AVX2 static inline float sval_avx(uint16_t h) { return _cvtsh_ss(h); }
+QUIRE_AVX2 static inline float sval_avx(float f) { return f; }
+QUIRE_AVX2 static inline __m256 svec8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+QUIRE_AVX2 static inline __m256 svec8(const float* p) { return _mm256_loadu_ps(p); }
+
+QUIRE_AVX2 static inline float hsum(__m256 v) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+}
+
+// sum_g min[n, g] * xsum[row, g], eight groups at a time.
+template <typename S>
+QUIRE_AVX2 static inline float min_term(const S* mn, const float* xsum, int64_t G, int64_t n,
+                                        int64_t row) {
+  __m256 v = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8)
+    v = _mm256_fmadd_ps(svec8(mn + n * G + g), _mm256_loadu_ps(xsum + row * G + g), v);
+  float tail = 0.f;
+  for (; g < G; ++g) tail += sval_avx(mn[n * G + g]) * xsum[row * G + g];
+  return hsum(v) + tail;
+}
+
+// Float activations (exact up to float rounding), MC rows at once (a compile-time count,
+// so the accumulators live in registers): every 32 inputs' weights become four 8-float
+// vectors once, then four FMAs per row and one per group scale.
+template <int BITS, int GS, typename S, int MC>
+QUIRE_AVX2 static inline void tile_f32(const float* x, const float* xsum, const uint8_t* qw,
+                                       const S* sc, const S* mn, float* y, int64_t m0,
+                                       int64_t N, int64_t K, int64_t n) {
+  const int64_t G = K / GS;
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  __m256 acc[MC];
+  for (int m = 0; m < MC; ++m) acc[m] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < K / 32; ++c) {  // 32 inputs: one group, or two of 16
+    __m256 w0, w1, w2, w3;
+    if (BITS == 4) {
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qw + n * (K / 2) + c * 16));
+      const __m128i lo = _mm_and_si128(q, low4);
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), low4);
+      w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+      w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+      w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+      w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    } else {
+      const uint8_t* p = qw + n * K + c * 32;
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
+      w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
+      w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
+      w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+      w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+    }
+    if (GS == 32) {
+      const __m256 s = _mm256_set1_ps(sval_avx(sc[n * G + c]));
+      for (int m = 0; m < MC; ++m) {
+        const float* xm = x + (m0 + m) * K + c * 32;
+        __m256 d = _mm256_mul_ps(w0, _mm256_loadu_ps(xm));
+        d = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xm + 8), d);
+        d = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xm + 16), d);
+        d = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xm + 24), d);
+        acc[m] = _mm256_fmadd_ps(d, s, acc[m]);
+      }
+    } else {  // GS == 16 (8-bit only): inputs 0..15 and 16..31 have their own scales
+      const __m256 s0 = _mm256_set1_ps(sval_avx(sc[n * G + 2 * c]));
+      const __m256 s1 = _mm256_set1_ps(sval_avx(sc[n * G + 2 * c + 1]));
+      for (int m = 0; m < MC; ++m) {
+        const float* xm = x + (m0 + m) * K + c * 32;
+        const __m256 d0 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xm + 8),
+                                          _mm256_mul_ps(w0, _mm256_loadu_ps(xm)));
+        const __m256 d1 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xm + 24),
+                                          _mm256_mul_ps(w2, _mm256_loadu_ps(xm + 16)));
+        acc[m] = _mm256_fmadd_ps(d1, s1, _mm256_fmadd_ps(d0, s0, acc[m]));
+      }
+    }
+  }
+  for (int m = 0; m < MC; ++m)
+    y[(m0 + m) * N + n] = hsum(acc[m]) + (mn ? min_term(mn, xsum, G, n, m0 + m) : 0.f);
+}
+
+template <int BITS, int GS, typename S>
+QUIRE_AVX2 static void gemv_rows_f32(const float* x, const float* xsum, const uint8_t* qw,
+                                     const S* sc, const S* mn, float* y, int64_t M, int64_t N,
+                                     int64_t K, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t m0 = 0;
+    for (; m0 + 4 <= M; m0 += 4) tile_f32<BITS, GS, S, 4>(x, xsum, qw, sc, mn, y, m0, N, K, n);
+    for (; m0 + 2 <= M; m0 += 2) tile_f32<BITS, GS, S, 2>(x, xsum, qw, sc, mn, y, m0, N, K, n);
+    for (; m0 < M; ++m0) tile_f32<BITS, GS, S, 1>(x, xsum, qw, sc, mn, y, m0, N, K, n);
+  }
+}
+
+// 8-bit activations (llama.cpp's scheme; groups of 32, float16 scales only): each row of x
+// is quantized per group of 32 to int8 with its own scale (xq, xd), so a group's dot product
+// is two integer instructions (maddubs: unsigned x signed bytes -> int16 pairs; madd ->
+// int32) and one FMA with the two scales. 4-bit weights are unsigned (0..15); 8-bit ones
+// signed, handled as |w| times x carrying w's sign. Faster, not exact.
 template <int BITS, int MC>
-__attribute__((target("avx2,fma,f16c")))
-static inline void gemv_tile_avx2(const int8_t* xq, const float* xd, const float* xsum,
-                                  const uint8_t* qw, const uint16_t* sc, const uint16_t* mn,
-                                  float* y, int64_t m0, int64_t N, int64_t K, int64_t n) {
+QUIRE_AVX2 static inline void tile_i8(const int8_t* xq, const float* xd, const float* xsum,
+                                      const uint8_t* qw, const uint16_t* sc, const uint16_t* mn,
+                                      float* y, int64_t m0, int64_t N, int64_t K, int64_t n) {
   const int64_t G = K / 32;
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
@@ -96,110 +191,33 @@ static inline void gemv_tile_avx2(const int8_t* xq, const float* xd, const float
       acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xd[row * G + g]), acc[m]);
     }
   }
-  for (int m = 0; m < MC; ++m) {
-    const int64_t row = m0 + m;
-    float minsum = 0.f;
-    if (mn) {  // sum_g min_g * xsum_g, eight groups at a time
-      __m256 v = _mm256_setzero_ps();
-      int64_t g = 0;
-      for (; g + 8 <= G; g += 8)
-        v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + n * G + g))),
-                            _mm256_loadu_ps(xsum + row * G + g), v);
-      for (; g < G; ++g) minsum += _cvtsh_ss(mn[n * G + g]) * xsum[row * G + g];
-      acc[m] = _mm256_add_ps(acc[m], v);
-    }
-    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
-    const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    const __m128 h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-    y[row * N + n] = _mm_cvtss_f32(h1) + minsum;
-  }
-}
-
-// Float activations (exact up to float rounding): a group's weights become four 8-float
-// vectors once, then four FMAs per row.
-template <int BITS, int MC>
-__attribute__((target("avx2,fma,f16c")))
-static inline void gemv_tile_avx2f(const float* x, const float* xsum, const uint8_t* qw,
-                                   const uint16_t* sc, const uint16_t* mn, float* y,
-                                   int64_t m0, int64_t N, int64_t K, int64_t n) {
-  const int64_t G = K / 32;
-  const __m128i low4 = _mm_set1_epi8(0x0F);
-  __m256 acc[MC];
-  for (int m = 0; m < MC; ++m) acc[m] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < G; ++g) {
-    __m256 w0, w1, w2, w3;
-    if (BITS == 4) {
-      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qw + n * (K / 2) + g * 16));
-      const __m128i lo = _mm_and_si128(q, low4);
-      const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), low4);
-      w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-      w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-      w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-      w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-    } else {
-      const uint8_t* p = qw + n * K + g * 32;
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
-      w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
-      w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
-      w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-      w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
-    }
-    const __m256 s = _mm256_set1_ps(_cvtsh_ss(sc[n * G + g]));
-    for (int m = 0; m < MC; ++m) {
-      const float* xm = x + (m0 + m) * K + g * 32;
-      __m256 d = _mm256_mul_ps(w0, _mm256_loadu_ps(xm));
-      d = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xm + 8), d);
-      d = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xm + 16), d);
-      d = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xm + 24), d);
-      acc[m] = _mm256_fmadd_ps(d, s, acc[m]);
-    }
-  }
-  for (int m = 0; m < MC; ++m) {
-    const int64_t row = m0 + m;
-    float minsum = 0.f;
-    if (mn) {
-      __m256 v = _mm256_setzero_ps();
-      int64_t g = 0;
-      for (; g + 8 <= G; g += 8)
-        v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + n * G + g))),
-                            _mm256_loadu_ps(xsum + row * G + g), v);
-      for (; g < G; ++g) minsum += _cvtsh_ss(mn[n * G + g]) * xsum[row * G + g];
-      acc[m] = _mm256_add_ps(acc[m], v);
-    }
-    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
-    const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    const __m128 h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-    y[row * N + n] = _mm_cvtss_f32(h1) + minsum;
-  }
+  for (int m = 0; m < MC; ++m)
+    y[(m0 + m) * N + n] = hsum(acc[m]) + (mn ? min_term(mn, xsum, G, n, m0 + m) : 0.f);
 }
 
 template <int BITS>
-__attribute__((target("avx2,fma,f16c")))
-static void gemv_rows_avx2f(const float* x, const float* xsum, const uint8_t* qw,
-                            const uint16_t* sc, const uint16_t* mn, float* y, int64_t M,
-                            int64_t N, int64_t K, int64_t n0, int64_t n1) {
+QUIRE_AVX2 static void gemv_rows_i8(const int8_t* xq, const float* xd, const float* xsum,
+                                    const uint8_t* qw, const uint16_t* sc, const uint16_t* mn,
+                                    float* y, int64_t M, int64_t N, int64_t K, int64_t n0,
+                                    int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     int64_t m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4) gemv_tile_avx2f<BITS, 4>(x, xsum, qw, sc, mn, y, m0, N, K, n);
-    for (; m0 + 2 <= M; m0 += 2) gemv_tile_avx2f<BITS, 2>(x, xsum, qw, sc, mn, y, m0, N, K, n);
-    for (; m0 < M; ++m0) gemv_tile_avx2f<BITS, 1>(x, xsum, qw, sc, mn, y, m0, N, K, n);
-  }
-}
-
-template <int BITS>
-__attribute__((target("avx2,fma,f16c")))
-static void gemv_rows_avx2(const int8_t* xq, const float* xd, const float* xsum,
-                           const uint8_t* qw, const uint16_t* sc, const uint16_t* mn,
-                           float* y, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n) {
-    int64_t m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4) gemv_tile_avx2<BITS, 4>(xq, xd, xsum, qw, sc, mn, y, m0, N, K, n);
-    for (; m0 + 2 <= M; m0 += 2) gemv_tile_avx2<BITS, 2>(xq, xd, xsum, qw, sc, mn, y, m0, N, K, n);
-    for (; m0 < M; ++m0) gemv_tile_avx2<BITS, 1>(xq, xd, xsum, qw, sc, mn, y, m0, N, K, n);
+    for (; m0 + 4 <= M; m0 += 4) tile_i8<BITS, 4>(xq, xd, xsum, qw, sc, mn, y, m0, N, K, n);
+    for (; m0 + 2 <= M; m0 += 2) tile_i8<BITS, 2>(xq, xd, xsum, qw, sc, mn, y, m0, N, K, n);
+    for (; m0 < M; ++m0) tile_i8<BITS, 1>(xq, xd, xsum, qw, sc, mn, y, m0, N, K, n);
   }
 }
 #endif
+
+static bool has_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
 
 // x [M, K] -> int8 per group of 32 (round to nearest, scale max|x| / 127) and the scales.
 static void quantize_rows(const float* x, int8_t* xq, float* xd, int64_t M, int64_t K) {
@@ -214,101 +232,105 @@ static void quantize_rows(const float* x, int8_t* xq, float* xd, int64_t M, int6
   }
 }
 
-static bool has_avx2() {
+template <int BITS, int GS, typename S>
+static void gemv(bool avx2, const float* x, const float* xsum, const uint8_t* qw, const S* sc,
+                 const S* mn, float* y, int64_t M, int64_t N, int64_t K, int64_t n0,
+                 int64_t n1) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-#else
-  return false;
+  if (avx2) return gemv_rows_f32<BITS, GS, S>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
 #endif
-}
-
-static void gemv_q(int64_t bits, bool avx2, const float* x, const int8_t* xq, const float* xd,
-                   const float* xsum, const uint8_t* qw, const uint16_t* sc, const uint16_t* mn,
-                   float* y, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (avx2 && xq != nullptr) {
-    if (bits == 4) return gemv_rows_avx2<4>(xq, xd, xsum, qw, sc, mn, y, M, N, K, n0, n1);
-    return gemv_rows_avx2<8>(xq, xd, xsum, qw, sc, mn, y, M, N, K, n0, n1);
-  }
-  if (avx2) {
-    if (bits == 4) return gemv_rows_avx2f<4>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
-    return gemv_rows_avx2f<8>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
-  }
-#endif
-  if (bits == 4) return gemv_rows_portable<4>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
-  gemv_rows_portable<8>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
+  gemv_rows_portable<BITS, GS, S>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
 }
 
 // Rows [n0, n1) of the dequantized [N, K] float matrix.
-QUIRE_CLONES
-static void dequant_rows(const uint8_t* qw, int64_t bits, const uint16_t* sc, const uint16_t* mn,
-                         float* out, int64_t K, int64_t n0, int64_t n1) {
-  const int64_t G = K / 32;
-  for (int64_t n = n0; n < n1; ++n) {
+template <int BITS, int GS, typename S>
+static void dequant_rows(const uint8_t* qw, const S* sc, const S* mn, float* out, int64_t K,
+                         int64_t n0, int64_t n1) {
+  const int64_t G = K / GS;
+  float w[32];
+  for (int64_t n = n0; n < n1; ++n)
     for (int64_t g = 0; g < G; ++g) {
-      const float s = h2f(sc[n * G + g]), b = mn ? h2f(mn[n * G + g]) : 0.f;
-      float* o = out + n * K + g * 32;
-      if (bits == 4) {
-        const uint8_t* q = qw + n * (K / 2) + g * 16;
-        for (int j = 0; j < 16; ++j) {
-          o[j] = s * static_cast<float>(q[j] & 15) + b;
-          o[j + 16] = s * static_cast<float>(q[j] >> 4) + b;
-        }
-      } else {
-        const int8_t* q = reinterpret_cast<const int8_t*>(qw) + n * K + g * 32;
-        for (int j = 0; j < 32; ++j) o[j] = s * static_cast<float>(q[j]) + b;
-      }
+      unpack_group<BITS, GS>(qw, K, n, g, w);
+      const float s = sval(sc[n * G + g]), b = mn ? sval(mn[n * G + g]) : 0.f;
+      for (int j = 0; j < GS; ++j) out[n * K + g * GS + j] = s * w[j] + b;
     }
-  }
 }
 
-static const uint16_t* half_ptr(const torch::Tensor& t) {
-  return t.defined() && t.numel() ? reinterpret_cast<const uint16_t*>(t.data_ptr<at::Half>())
-                                  : nullptr;
+template <typename S>
+static const S* ptr(const torch::Tensor& t) {
+  return t.defined() && t.numel() ? reinterpret_cast<const S*>(t.data_ptr()) : nullptr;
 }
 
-// x [M, K] float32 contiguous; qweight, scales [N, K/32] and mins (or an empty tensor)
-// float16 -> y [M, N] float32. portable: the plain C++ path even where AVX2 is there
-// (tests); int8_act: 8-bit activations (faster, not exact).
+// Calls f with the (BITS, GS, S) instantiation the tensors ask for.
+template <typename F>
+static void dispatch(int64_t bits, int64_t group, const torch::Tensor& scales, F&& f) {
+  const bool half = scales.scalar_type() == torch::kHalf;
+  TORCH_CHECK(half || scales.scalar_type() == torch::kFloat, "scales must be float16 or float32");
+  TORCH_CHECK((bits == 4 && group == 32) || (bits == 8 && (group == 32 || group == 16)),
+              "unsupported packed layout: ", bits, " bits, groups of ", group);
+  if (bits == 4 && half) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>(), uint16_t());
+  if (bits == 4) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>(), float());
+  if (group == 32 && half) return f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>(), uint16_t());
+  if (group == 32) return f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>(), float());
+  if (half) return f(std::integral_constant<int, 8>(), std::integral_constant<int, 16>(), uint16_t());
+  return f(std::integral_constant<int, 8>(), std::integral_constant<int, 16>(), float());
+}
+
+// x [M, K] float32 contiguous; qweight; scales [N, K/group] and mins (or an empty tensor),
+// float16 or float32 -> y [M, N] float32. portable: the plain C++ path even where AVX2 is
+// there (tests); int8_act: 8-bit activations (groups of 32 with float16 scales; faster, not
+// exact).
 torch::Tensor quant_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
-                         torch::Tensor mins, int64_t bits, bool portable, bool int8_act) {
-  const int64_t M = x.size(0), K = x.size(1), N = scales.size(0), G = K / 32;
+                         torch::Tensor mins, int64_t bits, int64_t group, bool portable,
+                         bool int8_act) {
+  const int64_t M = x.size(0), K = x.size(1), N = scales.size(0), G = K / group;
   auto y = torch::empty({M, N}, x.options());
-  auto xsum = x.view({M, G, 32}).sum(2).contiguous();
+  auto xsum = x.view({M, G, group}).sum(2).contiguous();
   const float* xp = x.data_ptr<float>();
   const float* sp = xsum.data_ptr<float>();
-  const uint16_t* sc = half_ptr(scales);
-  const uint16_t* mn = half_ptr(mins);
   float* yp = y.data_ptr<float>();
+  const uint8_t* qp = reinterpret_cast<const uint8_t*>(qweight.data_ptr());
   static const bool has = has_avx2();
   const bool avx2 = has && !portable;
-  std::vector<int8_t> xq;
-  std::vector<float> xd;
-  if (avx2 && int8_act) {
-    xq.resize(M * K);
-    xd.resize(M * G);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (avx2 && int8_act && group == 32 && scales.scalar_type() == torch::kHalf) {
+    std::vector<int8_t> xq(M * K);
+    std::vector<float> xd(M * G);
     quantize_rows(xp, xq.data(), xd.data(), M, K);
+    const uint16_t* sc = ptr<uint16_t>(scales);
+    const uint16_t* mn = ptr<uint16_t>(mins);
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+      if (bits == 4) gemv_rows_i8<4>(xq.data(), xd.data(), sp, qp, sc, mn, yp, M, N, K, n0, n1);
+      else gemv_rows_i8<8>(xq.data(), xd.data(), sp, qp, sc, mn, yp, M, N, K, n0, n1);
+    });
+    return y;
   }
-  const uint8_t* qp = reinterpret_cast<const uint8_t*>(qweight.data_ptr());
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    gemv_q(bits, avx2, xp, xq.empty() ? nullptr : xq.data(), xd.empty() ? nullptr : xd.data(),
-           sp, qp, sc, mn, yp, M, N, K, n0, n1);
+#endif
+  dispatch(bits, group, scales, [&](auto b, auto gs, auto s) {
+    using S = decltype(s);
+    const S* sc = ptr<S>(scales);
+    const S* mn = ptr<S>(mins);
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+      gemv<decltype(b)::value, decltype(gs)::value, S>(avx2, xp, sp, qp, sc, mn, yp, M, N, K,
+                                                        n0, n1);
+    });
   });
   return y;
 }
 
 torch::Tensor quant_dequantize(torch::Tensor qweight, torch::Tensor scales, torch::Tensor mins,
-                               int64_t bits, int64_t K) {
+                               int64_t bits, int64_t group, int64_t K) {
   const int64_t N = scales.size(0);
   auto out = torch::empty({N, K}, torch::dtype(torch::kFloat32));
   const uint8_t* q = reinterpret_cast<const uint8_t*>(qweight.data_ptr());
-  const uint16_t* sc = half_ptr(scales);
-  const uint16_t* mn = half_ptr(mins);
   float* o = out.data_ptr<float>();
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    dequant_rows(q, bits, sc, mn, o, K, n0, n1);
+  dispatch(bits, group, scales, [&](auto b, auto gs, auto s) {
+    using S = decltype(s);
+    const S* sc = ptr<S>(scales);
+    const S* mn = ptr<S>(mins);
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+      dequant_rows<decltype(b)::value, decltype(gs)::value, S>(q, sc, mn, o, K, n0, n1);
+    });
   });
   return out;
 }

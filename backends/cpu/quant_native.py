@@ -40,7 +40,7 @@ def _load():
             from quire.backends.cpu.quant_csrc import SOURCE
 
             _module = load_inline(
-                name="quire_cpu_quant_v7", cpp_sources=[SOURCE],
+                name="quire_cpu_quant_v8", cpp_sources=[SOURCE],
                 functions=["quant_gemv", "quant_dequantize", "quant_isa"],
                 # No -march=native: the ISA versions are chosen at run time (target_clones).
                 extra_cflags=["-O3", "-fopenmp", "-fassociative-math", "-fno-signed-zeros",
@@ -63,7 +63,7 @@ def isa() -> str:
 
 
 class CpuQuantKernel:
-    formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"})
+    formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
 
     def __init__(self, portable: bool = False, int8_activations: bool = False) -> None:
         self.portable = portable  # the plain C++ path even where AVX2 is there (tests)
@@ -73,11 +73,11 @@ class CpuQuantKernel:
         xf = x.float().contiguous()
         if x.shape[0] <= FUSED_ROWS:
             y = _load().quant_gemv(xf, layer.qweight, layer.scales, layer.mins, layer.bits,
-                                   self.portable, self.int8_activations)
+                                   layer.group_size, self.portable, self.int8_activations)
         else:
             y = F.linear(xf, self.dequantize(layer))
         return y.to(x.dtype)
 
     def dequantize(self, layer: QuantLinear) -> torch.Tensor:
         return _load().quant_dequantize(layer.qweight, layer.scales, layer.mins, layer.bits,
-                                        layer.in_features)
+                                        layer.group_size, layer.in_features)

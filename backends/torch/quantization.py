@@ -96,7 +96,7 @@ class PackedLinearMethod(LinearMethod):
         layer.register_buffer("qweight", torch.empty(0, dtype=torch.uint8), persistent=False)
         layer.register_buffer("scales", torch.empty(0, dtype=torch.float16), persistent=False)
         layer.register_buffer("mins", torch.empty(0, dtype=torch.float16), persistent=False)
-        layer.bits = 0
+        layer.bits = layer.group_size = 0
         layer.source = ""
 
     def load_weights(self, layer: QuantLinear, weight: object) -> None:
@@ -105,10 +105,11 @@ class PackedLinearMethod(LinearMethod):
             raise ValueError(f"packed weight {weight.shape} for a layer of "
                              f"{(layer.out_features, layer.in_features)}")
         layer.qweight = torch.from_numpy(weight.qweight)
-        layer.scales = torch.from_numpy(weight.scales.astype("float16"))
-        layer.mins = torch.empty(0, dtype=torch.float16) if weight.mins is None else \
-            torch.from_numpy(weight.mins.astype("float16"))
-        layer.bits, layer.source = weight.bits, weight.source
+        layer.scales = torch.from_numpy(weight.scales)
+        layer.mins = torch.empty(0, dtype=layer.scales.dtype) if weight.mins is None else \
+            torch.from_numpy(weight.mins)
+        layer.bits, layer.group_size, layer.source = weight.bits, weight.group_size, \
+            weight.source
 
     def apply(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         return self.kernel.matmul(x, layer)
@@ -130,7 +131,7 @@ class QuantEmbedding(nn.Module):
         q, s = t.qweight[ids], t.scales[ids].float()
         if t.bits == 4:
             q = torch.stack([q.view(len(ids), -1, 16) & 15, q.view(len(ids), -1, 16) >> 4], 2)
-        w = q.reshape(len(ids), -1, 32).float() * s.unsqueeze(-1)
+        w = q.reshape(len(ids), -1, t.group_size).float() * s.unsqueeze(-1)
         if t.mins.numel():
             w += t.mins[ids].float().unsqueeze(-1)
         return w.reshape(len(ids), -1).to(self.dtype)
@@ -195,7 +196,7 @@ class TorchQuantKernel:
     """Portable arithmetic: dequantize, then a dense matmul (any torch device). Correct but
     not fast; backends bring a fused kernel."""
 
-    formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"})
+    formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
 
     def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         return F.linear(x, self.dequantize(layer).to(x.dtype))

@@ -40,4 +40,29 @@ def test_concat_rows_and_unsupported_types():
     p8 = quant.from_gguf(gguf_quants.quantize(a, T.Q8_0), int(T.Q8_0), (4, 64))
     with pytest.raises(ValueError, match="cannot fuse"):
         quant.concat_rows([pa, p8])
-    assert quant.from_gguf(np.zeros(10, np.uint8), int(T.Q4_K), (1, 256)) is None
+    assert quant.from_gguf(np.zeros(84, np.uint8), int(T.Q2_K), (1, 256)) is None
+
+
+def _random_k_blocks(qtype, n, k, seed):
+    """Random K-quant blocks (every byte pattern is a valid block) with sane float16 scales."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    rng = np.random.default_rng(seed)
+    size = GGML_QUANT_SIZES[qtype][1]
+    raw = rng.integers(0, 256, size=(n, k // 256, size), dtype=np.uint8)
+    halves = rng.uniform(0.001, 0.05, size=(n, k // 256, 2)).astype(np.float16).view(np.uint8)
+    if qtype == T.Q6_K:
+        raw[..., 208:210] = halves[..., :2]
+    else:
+        raw[..., 0:4] = halves
+    return raw.reshape(n, -1)
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q5_K, T.Q6_K])
+@pytest.mark.parametrize("shape", [(3, 256), (5, 768)])
+def test_k_quants_repack_equals_gguf_dequantize(qtype, shape):
+    raw = _random_k_blocks(qtype, *shape, seed=int(qtype))
+    want = gguf_quants.dequantize(raw, qtype).reshape(shape)
+    packed = quant.from_gguf(raw, int(qtype), shape)
+    assert packed is not None and packed.source == qtype.name
+    np.testing.assert_allclose(packed.dequantize(), want, rtol=1e-6, atol=1e-7)

@@ -22,7 +22,14 @@ def test_kernel_builds_here():
     assert quant_native.available()
 
 
+K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
+
+
 def packed(qtype, n, k, seed=0):
+    if qtype in K_QUANTS:  # (the gguf package cannot quantize these: random blocks)
+        from tests.models.test_quant import _random_k_blocks
+
+        return quant.from_gguf(_random_k_blocks(qtype, n, k, seed), int(qtype), (n, k))
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((n, k)) * rng.uniform(0.05, 2, size=(n, 1))).astype(np.float32)
     return quant.from_gguf(gguf_quants.quantize(w, qtype), int(qtype), (n, k))
@@ -35,8 +42,8 @@ def layer_for(pw, kernel):
     return layer
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0])
-@pytest.mark.parametrize("n, k", [(33, 96), (64, 320), (7, 32)])
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, *K_QUANTS])
+@pytest.mark.parametrize("n, k", [(33, 256), (64, 512), (7, 768)])
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
 def test_kernel_equals_dequantized_reference(qtype, n, k, rows):
     pw = packed(qtype, n, k, seed=rows)
@@ -46,11 +53,13 @@ def test_kernel_equals_dequantized_reference(qtype, n, k, rows):
     # The default and the portable paths compute in float: equal up to rounding.
     layer = layer_for(pw, quant_native.CpuQuantKernel())
     portable = layer_for(pw, quant_native.CpuQuantKernel(portable=True))
-    torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(portable(x), want, rtol=1e-4, atol=1e-4)
+    scale = want.abs().max()  # (K-quant test weights are large: compare relative to them)
+    torch.testing.assert_close(layer(x) / scale, want / scale, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(portable(x) / scale, want / scale, rtol=1e-4, atol=1e-5)
     # 8-bit activations (per group of 32): each input is off by at most half a step,
     # max|x over its group| / 254, so an output is off by at most the sum over groups of
     # that times the group's sum of |w|.
+    # (K-quants, with float32 scales, keep float activations.)
     int8 = layer_for(pw, quant_native.CpuQuantKernel(int8_activations=True))
     xmax = x.abs().reshape(rows, k // 32, 32).amax(-1)
     wsum = ref_w.abs().reshape(n, k // 32, 32).sum(-1)
@@ -58,17 +67,18 @@ def test_kernel_equals_dequantized_reference(qtype, n, k, rows):
     assert ((int8(x) - want).abs() <= bound).all()
     torch.testing.assert_close(quant_native.CpuQuantKernel().dequantize(layer), ref_w)
     # The portable kernel (any torch device) agrees too.
-    torch.testing.assert_close(layer_for(pw, TorchQuantKernel())(x), x @ ref_w.T,
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer_for(pw, TorchQuantKernel())(x) / scale, want / scale,
+                               rtol=1e-4, atol=1e-5)
     xb = x.bfloat16()
     got = layer(xb)
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), xb.float() @ ref_w.T, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got.float() / scale, (xb.float() @ ref_w.T) / scale,
+                               rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0])
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.Q4_K])
 def test_embedding_rows_dequantize_exactly(qtype):
-    pw = packed(qtype, 50, 64)
+    pw = packed(qtype, 50, 256)
     emb = QuantEmbedding(layer_for(pw, quant_native.CpuQuantKernel()))
     ids = torch.tensor([3, 0, 49, 3])
     torch.testing.assert_close(emb(ids), torch.from_numpy(pw.dequantize())[ids])
