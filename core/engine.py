@@ -223,8 +223,7 @@ class LLMEngine:
             min(n, max(0, r.num_prompt_tokens - r.num_computed_tokens))
             for r, n in zip(sched_out.requests, sched_out.num_new_tokens)
         )
-        new_token_ids = self._new_tokens(batch, model_out.sampled_token_ids, sched_out,
-                                         t3 - t2 - sample_time)
+        new_token_ids = self._new_tokens(batch, model_out.sampled_token_ids, sched_out)
         updated, counts, finished = self.scheduler.update_from_output(sched_out, new_token_ids)
         if constrained:
             before = [r.num_output_tokens for r in updated]
@@ -234,6 +233,12 @@ class LLMEngine:
         self.num_generation_tokens += sum(counts)
         t4 = time.perf_counter()
         times["update"] += t4 - t3
+        if self.speculative is not None and all(
+                n == 1 + len(d) for n, d in zip(sched_out.num_new_tokens,
+                                                sched_out.draft_token_ids)):
+            # A decode step: the whole of it so far (proposing, scheduling, the batch,
+            # forward, sampling, accepting) is what a drafted token really costs.
+            self.speculative.observe_step(batch.num_tokens, t4 - t0)
         rows = batch.logits_row_start[:-1].tolist()
         stopped = self.outputs.process(updated, counts, rows, model_out, touched)
         self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
@@ -242,13 +247,11 @@ class LLMEngine:
             touched[parent.request_id] = parent
         times["output"] += time.perf_counter() - t4
 
-    def _new_tokens(self, batch: Batch, sampled: np.ndarray, sched_out: SchedulerOutput,
-                    forward_seconds: float) -> list[list[int]]:
+    def _new_tokens(self, batch: Batch, sampled: np.ndarray, sched_out: SchedulerOutput
+                    ) -> list[list[int]]:
         """Each sampled request's new tokens: its accepted drafts (rows whose sample equals
         their draft, core/spec_decode.py) and the sample of the first row that differs."""
         spec = self.speculative
-        if spec is not None:
-            spec.observe_step(batch.num_tokens, forward_seconds)
         if not batch.has_drafts:
             return [[t] for t in sampled.tolist()]
         accepted = accepted_counts(sampled, batch.draft_token_ids, batch.logits_row_start)

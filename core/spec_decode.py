@@ -87,8 +87,10 @@ def accepted_counts(sampled: np.ndarray, drafts: np.ndarray, row_start: np.ndarr
 
 
 class StepCostModel:
-    """Forward time of a step as a + b * tokens, fitted online (exponentially weighted
-    least squares over recent steps), so the cost of verifying drafts can be weighed."""
+    """Time of a decode step (proposing, scheduling, forward, sampling, accepting) as
+    a + b * tokens, fitted online (exponentially weighted least squares over recent decode
+    steps; prefill chunks cost differently per token and are left out), so the cost of
+    verifying drafts can be weighed."""
 
     def __init__(self, decay: float = 0.95, min_steps: int = 8) -> None:
         self.decay, self.min_steps = decay, min_steps
@@ -170,6 +172,8 @@ class SpecDecoder:
     INITIAL_ACCEPTANCE = 0.5
     MAX_COOLDOWN = 32
     MIN_ACCEPTANCE = 0.05
+    MARGIN = 1.25
+    MAX_THRESHOLD = 0.95
 
     def __init__(self, config: SpeculativeConfig, proposer: Proposer, max_model_len: int
                  ) -> None:
@@ -214,8 +218,10 @@ class SpecDecoder:
 
     def threshold(self, num_decoding: int) -> float:
         """The acceptance rate a request's drafts must keep for drafting to pay at this
-        batch size: the step's per-token share of time (at least MIN_ACCEPTANCE)."""
-        return max(self.cost.token_share(num_decoding), self.MIN_ACCEPTANCE)
+        batch size: the step's per-token share of time (break-even), with a MARGIN so that
+        estimation noise does not turn into a slowdown; at least MIN_ACCEPTANCE."""
+        share = self.cost.token_share(num_decoding)
+        return max(min(self.MARGIN * share, self.MAX_THRESHOLD), self.MIN_ACCEPTANCE)
 
     def observe_step(self, num_tokens: int, forward_seconds: float) -> None:
         self.cost.observe(num_tokens, forward_seconds)

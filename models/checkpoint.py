@@ -30,13 +30,14 @@ def is_gguf(model_path: str) -> bool:
     return True
 
 
-def open_checkpoint(model_path: str) -> Checkpoint:
+def open_checkpoint(model_path: str, keep_quantized: bool = False) -> Checkpoint:
     """(HF-style config dict, (HF name, array) iterator) for an HF folder or a .gguf file.
-    Arrays keep the file's dtype (bf16 through ml_dtypes); GGUF tensors are dequantized."""
+    Arrays keep the file's dtype (bf16 through ml_dtypes); GGUF tensors are dequantized,
+    except, with keep_quantized, those quire.models.quant repacks (PackedWeight)."""
     if is_gguf(model_path):
         from quire.models.gguf import open_gguf
 
-        return open_gguf(model_path)
+        return open_gguf(model_path, keep_quantized)
     return read_config_json(model_path), _iter_folder(model_path)
 
 

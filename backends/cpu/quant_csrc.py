@@ -151,11 +151,16 @@ template <int BITS, int GS, typename S>
 QUIRE_AVX2 static void gemv_rows_f32(const float* x, const float* xsum, const uint8_t* qw,
                                      const S* sc, const S* mn, float* y, int64_t M, int64_t N,
                                      int64_t K, int64_t n0, int64_t n1) {
+  // Up to 8 rows per pass over a weight row (each pass unpacks the weights once).
   for (int64_t n = n0; n < n1; ++n) {
-    int64_t m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4) tile_f32<BITS, GS, S, 4>(x, xsum, qw, sc, mn, y, m0, N, K, n);
-    for (; m0 + 2 <= M; m0 += 2) tile_f32<BITS, GS, S, 2>(x, xsum, qw, sc, mn, y, m0, N, K, n);
-    for (; m0 < M; ++m0) tile_f32<BITS, GS, S, 1>(x, xsum, qw, sc, mn, y, m0, N, K, n);
+    for (int64_t m0 = 0; m0 < M; m0 += 8) {
+      switch (std::min<int64_t>(8, M - m0)) {
+#define QUIRE_TILE(R) case R: tile_f32<BITS, GS, S, R>(x, xsum, qw, sc, mn, y, m0, N, K, n); break;
+        QUIRE_TILE(1) QUIRE_TILE(2) QUIRE_TILE(3) QUIRE_TILE(4)
+        QUIRE_TILE(5) QUIRE_TILE(6) QUIRE_TILE(7) QUIRE_TILE(8)
+#undef QUIRE_TILE
+      }
+    }
   }
 }
 

@@ -40,7 +40,7 @@ def _load():
             from quire.backends.cpu.quant_csrc import SOURCE
 
             _module = load_inline(
-                name="quire_cpu_quant_v8", cpp_sources=[SOURCE],
+                name="quire_cpu_quant_v9", cpp_sources=[SOURCE],
                 functions=["quant_gemv", "quant_dequantize", "quant_isa"],
                 # No -march=native: the ISA versions are chosen at run time (target_clones).
                 extra_cflags=["-O3", "-fopenmp", "-fassociative-math", "-fno-signed-zeros",

@@ -76,7 +76,10 @@ class TpuExecutor(Executor):
                              "the tpu backend, which dequantizes quantized checkpoints at load; "
                              "use a torch-family backend such as --backend cpu")
         start = time.perf_counter()
-        raw, weights = open_checkpoint(model_path)
+        # GGUF weights stay quantized in the params pytree (model.QuantMatrix) unless
+        # --quantization none.
+        raw, weights = open_checkpoint(model_path,
+                                       keep_quantized=self.config.quantization != "none")
         arch = architecture_name(raw)
         if arch in self.extra_models and arch not in LLAMA_FAMILY:
             raise ValueError(f"model architecture {arch!r} comes from a plugin "
