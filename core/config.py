@@ -30,8 +30,10 @@ class EngineConfig:
     max_num_batched_tokens: the token budget of one step; None picks a default.
     quantization: weight quantization method. None: what the checkpoint says, where the
         backend has a kernel for it (a GGUF file's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors stay
-        packed on the cpu backend); "none": dequantize everything at load; another name
-        (e.g. "gguf", or a plugin's method) requires that method.
+        packed on the cpu backend); "none": dequantize everything at load; "int8":
+        quantize a dense checkpoint's projections, embedding and head to 8 bits (one scale
+        per group of 32) at load; another name ("gguf", or a plugin's method) requires
+        that method.
     speculative_config: speculative decoding, as vLLM takes it: a dict (or its JSON text)
         such as {"method": "ngram", "num_speculative_tokens": 4}, or a SpeculativeConfig;
         None turns it off.

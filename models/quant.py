@@ -181,3 +181,14 @@ def _from_k_quant(data: np.ndarray, ggml_type: int, shape: tuple[int, int]
     high = ((qh[:, :, None, :] >> np.arange(8, dtype=np.uint8)[:, None]) & 1) << 4
     q = (low | high).astype(np.int8).reshape(n, k)
     return PackedWeight(8, 32, q, scales, mins, (n, k), name)
+
+
+def quantize_int8(w: np.ndarray, group_size: int = 32) -> PackedWeight:
+    """Symmetric 8-bit weight-only quantization of a dense [N, K] matrix (K a multiple of
+    group_size): per group a float16 scale max|w| / 127 and values round(w / scale)."""
+    n, k = w.shape
+    g = np.asarray(w, np.float32).reshape(n, k // group_size, group_size)
+    scale = (np.abs(g).max(axis=2) / 127).astype(np.float16)
+    safe = np.where(scale == 0, 1, scale).astype(np.float32)
+    q = np.clip(np.rint(g / safe[:, :, None]), -127, 127).astype(np.int8)
+    return PackedWeight(8, group_size, q.reshape(n, k), scale, None, (n, k), "int8")

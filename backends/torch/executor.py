@@ -17,6 +17,7 @@ from quire.backends.torch.quantization import (
     LinearMethod,
     QuantKernel,
     dequantize_packed,
+    quantize_dense,
     quantize_modules,
 )
 from quire.backends.torch.sampler import Sampler
@@ -60,6 +61,8 @@ class TorchExecutor(Executor):
         torch.manual_seed(self.config.seed)
         with self.device:
             model = factory(cfg, self.attention_cls, max_len)
+        if method is not None and self.config.quantization == "int8":
+            weights = quantize_dense(weights)
         if method is not None and not getattr(model, "supports_packed_weights", False):
             weights = dequantize_packed(weights, arch)
         packed = model.load_weights(weights) or {}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quire.models.quant import PackedWeight
+from quire.models.quant import PackedWeight, quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,21 @@ class QuantEmbedding(nn.Module):
 
 # -- the registry ---------------------------------------------------------------------------
 # name -> factory(kernel) -> LinearMethod. Plugins add theirs with quire_register_quantization.
-METHODS: dict[str, Callable[[QuantKernel], LinearMethod]] = {"gguf": PackedLinearMethod}
+# "int8": dense checkpoint weights quantized at load (quantize_dense), then served packed.
+METHODS: dict[str, Callable[[QuantKernel], LinearMethod]] = {"gguf": PackedLinearMethod,
+                                                            "int8": PackedLinearMethod}
+
+
+def quantize_dense(weights: Iterable[tuple[str, object]], group_size: int = 32
+                   ) -> Iterator[tuple[str, object]]:
+    """--quantization int8: every dense 2-D projection, embedding and lm_head weight whose
+    input size is a multiple of group_size becomes an 8-bit PackedWeight (symmetric, one
+    float16 scale per group); other tensors pass through."""
+    for name, w in weights:
+        if isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[1] % group_size == 0 \
+                and name.endswith(("proj.weight", "embed_tokens.weight", "lm_head.weight")):
+            w = quantize_int8(w.float().numpy(), group_size)
+        yield name, w
 
 
 def quantize_modules(model: nn.Module, packed: dict[str, PackedWeight],
@@ -196,7 +210,8 @@ class TorchQuantKernel:
     """Portable arithmetic: dequantize, then a dense matmul (any torch device). Correct but
     not fast; backends bring a fused kernel."""
 
-    formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
+    formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
+                         "int8"})
 
     def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         return F.linear(x, self.dequantize(layer).to(x.dtype))
