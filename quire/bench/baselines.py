@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Any
 
-from quire.bench.quire_runner import throughput
+from quire.bench.quire_runner import percentiles, throughput
 from quire.bench.workload import Workload
 
 logger = logging.getLogger(__name__)
@@ -152,4 +152,84 @@ def run_vllm(model: str, workload: Workload, dtype: str = "float32",
             **throughput(workload, data["num_out"], data["elapsed_s"])}
 
 
-BASELINES = {"hf-static": run_hf_static, "hf-cb": run_hf_continuous, "vllm": run_vllm}
+LLAMA_CPP_SPEC = "llama-cpp-python==0.3.36"
+LLAMA_CPP_VENV = os.path.join(".bench-venvs", "llama-cpp")
+
+_LLAMA_CPP_DRIVER = r'''
+import json, os, sys, time
+def main():
+    spec = json.load(open(sys.argv[1]))
+    from llama_cpp import Llama
+    llm = Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_threads=os.cpu_count(),
+                n_batch=512, verbose=False, seed=0)
+    def run(prompt, n):
+        llm.reset()
+        t0 = time.perf_counter()
+        first = None
+        count = 0
+        for _ in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+            if count == n:
+                break
+        end = time.perf_counter()
+        return first - t0, (end - first) / max(n - 1, 1), end - t0
+    run(spec["prompts"][0][:16], 4)  # warm up
+    ttft, tpot, total = [], [], 0.0
+    for p, n in zip(spec["prompts"], spec["output_lens"]):
+        a, b, c = run(p, n)
+        ttft.append(a); tpot.append(b); total += c
+    sys.stdout.write("QUIRE-BENCH " + json.dumps({"elapsed_s": total, "ttft": ttft,
+                                                  "tpot": tpot}) + "\n")
+    sys.stdout.flush()
+if __name__ == "__main__":
+    main()
+'''
+
+
+def ensure_llama_cpp_venv(path: str = LLAMA_CPP_VENV) -> str:
+    """Create the llama.cpp virtual environment if missing (llama-cpp-python builds
+    llama.cpp from source: a C++ compiler and a few minutes); returns its python."""
+    python = os.path.join(path, "bin", "python")
+    if os.path.exists(python) and subprocess.run(
+            [python, "-c", "import llama_cpp"], capture_output=True).returncode == 0:
+        return python
+    logger.warning("creating %s with %s (builds llama.cpp, a few minutes)...", path,
+                   LLAMA_CPP_SPEC)
+    subprocess.run([sys.executable, "-m", "venv", path], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", LLAMA_CPP_SPEC], check=True)
+    return python
+
+
+def run_llama_cpp(model: str, workload: Workload, dtype: str = "float32",
+                  device: str = "cpu") -> dict[str, Any]:
+    """llama.cpp on the same GGUF file, one request at a time (its Python bindings decode a
+    single sequence): TTFT and time per output token per request, greedy, EOS ignored."""
+    if not model.endswith(".gguf"):
+        raise ValueError("the llama.cpp baseline reads GGUF files; give --model FILE.gguf")
+    if device != "cpu":
+        raise ValueError("the llama.cpp baseline runs on the CPU")
+    python = ensure_llama_cpp_venv()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, driver = os.path.join(tmp, "spec.json"), os.path.join(tmp, "driver.py")
+        n_ctx = max(len(p) + n for p, n in zip(workload.prompts, workload.output_lens)) + 8
+        with open(spec_path, "w") as f:
+            json.dump({"model": os.path.abspath(model), "n_ctx": n_ctx,
+                       "prompts": workload.prompts, "output_lens": workload.output_lens}, f)
+        with open(driver, "w") as f:
+            f.write(_LLAMA_CPP_DRIVER)
+        res = subprocess.run([python, driver, spec_path], capture_output=True, text=True,
+                             timeout=3600)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("QUIRE-BENCH ")), None)
+    if res.returncode != 0 or line is None:
+        raise RuntimeError(f"llama.cpp run failed (rc {res.returncode}):\n{res.stderr[-3000:]}")
+    data = json.loads(line.removeprefix("QUIRE-BENCH "))
+    return {"system": f"llama.cpp ({LLAMA_CPP_SPEC.split('==')[1]}, batch 1)",
+            "elapsed_s": data["elapsed_s"],
+            **throughput(workload, workload.num_output_tokens, data["elapsed_s"]),
+            **percentiles("ttft_s", data["ttft"]), **percentiles("tpot_s", data["tpot"])}
+
+
+BASELINES = {"hf-static": run_hf_static, "hf-cb": run_hf_continuous, "vllm": run_vllm,
+             "llama.cpp": run_llama_cpp}

@@ -45,6 +45,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                      help="random token prompts, or chat prompts whose answers copy the prompt "
                           "(edit/repeat; default model: the bundled one)")
     lat.add_argument("--repeats", type=int, default=1, help="interleaved rounds")
+    lat.add_argument("--baselines", default="",
+                     help="comma list run on the same workload after quire: llama.cpp (a GGUF "
+                          "--model; creates .bench-venvs/llama-cpp on first use), hf-static")
     lat.set_defaults(func=_latency)
 
     pre = kinds.add_parser("prefix", help="shared-prefix workload, prefix caching on vs off")
@@ -187,14 +190,25 @@ def _latency(args: argparse.Namespace) -> int:
                          seed=args.seed)
     for _, llm in llms:
         run_quire(llm, fixed(2, vocab, 16, 4))  # warm up
+    from quire.bench.baselines import BASELINES
+
+    names = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
     rows = []
     for _ in range(args.repeats):
         for suffix, llm in llms:
             rows.append(run_quire(llm, workload, f"quire ({llm.engine.backend_name}){suffix}"))
-    settings: dict[str, Any] = {"model": model, "workload": workload.name}
+        for name in names:
+            rows.append(BASELINES[name](model, workload, dtype=first.engine.model_info.dtype,
+                                        device="cpu"))
+    settings: dict[str, Any] = {"model": model, "workload": workload.name, "baselines": names}
     if len(llms) == 2:
-        spec_tpot = float(np.median([r["tpot_s_p50"] for r in rows[0::2]]))
-        plain_tpot = float(np.median([r["tpot_s_p50"] for r in rows[1::2]]))
+        spec_tpot = float(np.median([r["tpot_s_p50"] for r in rows
+                                     if r["system"].endswith(" spec")]))
+        plain_tpot = float(np.median([r["tpot_s_p50"] for r in rows if r["system"] ==
+                                      f"quire ({first.engine.backend_name})"]))
         settings["tpot_speedup"] = plain_tpot / spec_tpot
         sys.stdout.write(f"time per output token (p50 over requests): {spec_tpot * 1e3:.2f} ms "
                          f"with speculation, {plain_tpot * 1e3:.2f} ms without: "

@@ -101,3 +101,12 @@ def test_bench_latency_grounded_with_speculation(llama_dir, tmp_path, capsys):
     assert "spec_acceptance_rate" in spec_row and "spec_acceptance_rate" not in plain_row
     assert doc["settings"]["tpot_speedup"] > 0
     assert spec_row["tpot_s_p50"] > 0 and plain_row["tpot_s_p50"] > 0
+
+
+def test_llama_cpp_baseline_needs_a_gguf_file(llama_dir):
+    import pytest
+
+    from quire.bench.baselines import BASELINES
+
+    with pytest.raises(ValueError, match="GGUF"):
+        BASELINES["llama.cpp"](llama_dir, fixed(1, 500, 8, 4))
