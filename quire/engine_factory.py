@@ -8,8 +8,8 @@ import functools
 import logging
 
 from quire.core.config import CacheConfig, EngineConfig, SchedulerConfig
-from quire.core.engine import LLMEngine
 from quire.core.draft_model import DraftModelProposer
+from quire.core.engine import LLMEngine
 from quire.core.executor import Executor, ModelInfo
 from quire.core.spec_decode import NgramProposer, Proposer, SpecDecoder
 from quire.core.structured_outputs import StructuredOutputManager

@@ -3,9 +3,9 @@ linears and fused elementwise kernels swapped into the model after loading."""
 
 from __future__ import annotations
 
+from quire.backends.cpu import quant_native
 from quire.backends.cpu.attention import CpuAttention
 from quire.backends.cpu.fused import fuse_elementwise
-from quire.backends.cpu import quant_native
 from quire.backends.cpu.linear import pack_linears
 from quire.backends.cpu.quant_native import CpuQuantKernel
 from quire.backends.torch.executor import TorchExecutor

@@ -19,7 +19,9 @@ SOURCE = r"""
 #include <string>
 #include <vector>
 
-static inline float sval(uint16_t h) { return static_cast<float>(c10::Half(h, c10::Half::from_bits())); }
+static inline float sval(uint16_t h) {
+  return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
+}
 static inline float sval(float f) { return f; }
 
 // Group g's weights of row n as floats, portable.
@@ -104,7 +106,8 @@ QUIRE_AVX2 static inline void tile_f32(const float* x, const float* xsum, const 
   for (int64_t c = 0; c < K / 32; ++c) {  // 32 inputs: one group, or two of 16
     __m256 w0, w1, w2, w3;
     if (BITS == 4) {
-      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qw + n * (K / 2) + c * 16));
+      const __m128i q =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(qw + n * (K / 2) + c * 16));
       const __m128i lo = _mm_and_si128(q, low4);
       const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), low4);
       w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
@@ -181,7 +184,8 @@ QUIRE_AVX2 static inline void tile_i8(const int8_t* xq, const float* xd, const f
   for (int64_t g = 0; g < G; ++g) {
     __m256i w;
     if (BITS == 4) {
-      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qw + n * (K / 2) + g * 16));
+      const __m128i q =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(qw + n * (K / 2) + g * 16));
       w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
     } else {
       w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + n * K + g * 32));
@@ -273,12 +277,16 @@ static void dispatch(int64_t bits, int64_t group, const torch::Tensor& scales, F
   TORCH_CHECK(half || scales.scalar_type() == torch::kFloat, "scales must be float16 or float32");
   TORCH_CHECK((bits == 4 && group == 32) || (bits == 8 && (group == 32 || group == 16)),
               "unsupported packed layout: ", bits, " bits, groups of ", group);
-  if (bits == 4 && half) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>(), uint16_t());
-  if (bits == 4) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>(), float());
-  if (group == 32 && half) return f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>(), uint16_t());
-  if (group == 32) return f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>(), float());
-  if (half) return f(std::integral_constant<int, 8>(), std::integral_constant<int, 16>(), uint16_t());
-  return f(std::integral_constant<int, 8>(), std::integral_constant<int, 16>(), float());
+  using B4 = std::integral_constant<int, 4>;
+  using B8 = std::integral_constant<int, 8>;
+  using G32 = std::integral_constant<int, 32>;
+  using G16 = std::integral_constant<int, 16>;
+  if (bits == 4 && half) return f(B4(), G32(), uint16_t());
+  if (bits == 4) return f(B4(), G32(), float());
+  if (group == 32 && half) return f(B8(), G32(), uint16_t());
+  if (group == 32) return f(B8(), G32(), float());
+  if (half) return f(B8(), G16(), uint16_t());
+  return f(B8(), G16(), float());
 }
 
 // x [M, K] float32 contiguous; qweight; scales [N, K/group] and mins (or an empty tensor),

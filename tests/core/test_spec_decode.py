@@ -26,8 +26,7 @@ from quire.core.spec_decode import (
     accepted_counts,
     ngram_lookup,
 )
-from tests.core.fakes import MODEL_INFO, make_engine, make_request, run_to_completion, \
-    sched_config
+from tests.core.fakes import MODEL_INFO, make_engine, make_request, run_to_completion, sched_config
 
 
 def next_token(context: Sequence[int]) -> int:

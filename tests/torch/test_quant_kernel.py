@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from quire.backends.cpu import quant_native
-from quire.backends.torch.quantization import PackedLinearMethod, QuantEmbedding, QuantLinear, \
-    TorchQuantKernel
+from quire.backends.torch.quantization import (
+    PackedLinearMethod,
+    QuantEmbedding,
+    QuantLinear,
+    TorchQuantKernel,
+)
 from quire.models import quant
 
 gguf_quants = pytest.importorskip("gguf.quants")
 from gguf.constants import GGMLQuantizationType as T  # noqa: E402
-
 
 
 def test_kernel_builds_here():
