@@ -170,10 +170,14 @@ def build_batch(
     first_row_token = query_start_loc[sampled_idx + 1] - rows
     logits_indices = (np.repeat(first_row_token - row_start[:-1], rows)
                       + np.arange(row_start[-1], dtype=np.int32)).astype(np.int32)
-    draft_rows: list[int] = []
-    for i in sampled_idx.tolist():
-        draft_rows.extend(drafts[i])
-        draft_rows.append(-1)
+    if num_drafts.any():
+        draft_rows: list[int] = []
+        for i in sampled_idx.tolist():
+            draft_rows.extend(drafts[i])
+            draft_rows.append(-1)
+        draft_token_ids = np.asarray(draft_rows, dtype=np.int32)
+    else:
+        draft_token_ids = np.full(len(sampled_idx), -1, dtype=np.int32)
     sampled = [requests[i] for i in sampled_idx.tolist()]
     return Batch(
         input_ids=input_ids,
@@ -191,7 +195,7 @@ def build_batch(
         block_size=block_size,
         sampled_req_indices=sampled_idx,
         logits_row_start=row_start,
-        draft_token_ids=np.asarray(draft_rows, dtype=np.int32),
+        draft_token_ids=draft_token_ids,
     )
 
 

@@ -62,8 +62,7 @@ class OutputProcessor:
             for i, token_id in enumerate(new_ids):
                 if child.logprobs is not None:
                     self._append_logprobs(child, model_out, row + i, token_id)
-                stop = child.detokenizer.update((token_id,)) if count > 1 else \
-                    child.detokenizer.update(new_ids)
+                stop = child.detokenizer.update((token_id,))
                 if stop is not None:
                     request.discard_last_tokens(count - 1 - i)
                     break

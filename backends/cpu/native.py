@@ -16,38 +16,54 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 
-_module = None
-_failed = False
+_FLAGS = ["-O3", "-fopenmp", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 
 
-def _load():
-    global _module, _failed
-    if _module is None and not _failed:
-        try:
-            from torch.utils.cpp_extension import load_inline
+class LazyExtension:
+    """A C++ extension built on first use with load_inline; get() returns None (after one
+    warning naming `what`) where it cannot be built, so callers stay on their torch paths.
+    -fopenmp: ATen's parallel_for is OpenMP-backed; the associative-math flags let gcc
+    vectorize reductions (finite-math stays off: running maxima start at -inf)."""
 
-            from quire.backends.cpu import csrc
+    def __init__(self, name: str, sources: Callable[[], list[str]], functions: list[str],
+                 what: str, march_native: bool = True) -> None:
+        self.name, self.sources, self.functions, self.what = name, sources, functions, what
+        self.cflags = _FLAGS + (["-march=native"] if march_native else [])
+        self.module = None
+        self.failed = False
 
-            _module = load_inline(
-                name="quire_cpu_kernels_v3", cpp_sources=[csrc.COMMON + csrc.DECODE + csrc.FUSED],
-                functions=["paged_decode", "rms_norm", "silu_mul", "rope_inplace"],
-                # -fopenmp: ATen's parallel_for is OpenMP-backed; the associative-math flags
-                # let gcc vectorize the dot-product reductions (finite-math stays off: the
-                # running max starts at -inf).
-                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fassociative-math",
-                              "-fno-signed-zeros", "-fno-trapping-math"],
-                extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # no compiler or headers here: stay correct, go eager
-            _failed = True
-            logger.warning("native CPU kernels unavailable (%s: %s); using the "
-                           "torch paths", type(exc).__name__, str(exc).splitlines()[0][:200])
-    return _module
+    def get(self):
+        if self.module is None and not self.failed:
+            try:
+                from torch.utils.cpp_extension import load_inline
+
+                self.module = load_inline(
+                    name=self.name, cpp_sources=self.sources(), functions=self.functions,
+                    extra_cflags=self.cflags, extra_ldflags=["-fopenmp"], verbose=False)
+            except Exception as exc:  # no compiler or headers here: stay correct
+                self.failed = True
+                logger.warning("%s unavailable (%s: %s)", self.what, type(exc).__name__,
+                               str(exc).splitlines()[0][:200])
+        return self.module
+
+
+def _sources() -> list[str]:
+    from quire.backends.cpu import csrc
+
+    return [csrc.COMMON + csrc.DECODE + csrc.FUSED]
+
+
+_KERNELS = LazyExtension("quire_cpu_kernels_v3", _sources,
+                         ["paged_decode", "rms_norm", "silu_mul", "rope_inplace"],
+                         "native CPU kernels (using the torch paths)")
+_load = _KERNELS.get
 
 
 def available() -> bool:

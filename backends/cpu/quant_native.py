@@ -15,42 +15,29 @@ dequantized at load.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 import torch.nn.functional as F
 
+from quire.backends.cpu.native import LazyExtension
 from quire.backends.torch.quantization import QuantLinear
-
-logger = logging.getLogger(__name__)
 
 FUSED_ROWS = 16
 
-_module = None
-_failed = False
+
+def _sources() -> list[str]:
+    from quire.backends.cpu.quant_csrc import SOURCE
+
+    return [SOURCE]
 
 
-def _load():
-    global _module, _failed
-    if _module is None and not _failed:
-        try:
-            from torch.utils.cpp_extension import load_inline
-
-            from quire.backends.cpu.quant_csrc import SOURCE
-
-            _module = load_inline(
-                name="quire_cpu_quant_v9", cpp_sources=[SOURCE],
-                functions=["quant_gemv", "quant_dequantize", "quant_isa"],
-                # No -march=native: the ISA versions are chosen at run time (target_clones).
-                extra_cflags=["-O3", "-fopenmp", "-fassociative-math", "-fno-signed-zeros",
-                              "-fno-trapping-math"],
-                extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # no compiler here: packed weights get dequantized at load
-            _failed = True
-            logger.warning("native quantized-matmul kernel unavailable (%s: %s)",
-                           type(exc).__name__, str(exc).splitlines()[0][:200])
-    return _module
+# No -march=native: the AVX2 functions carry target attributes and are chosen at run time.
+_KERNEL = LazyExtension("quire_cpu_quant_v9", _sources,
+                        ["quant_gemv", "quant_dequantize", "quant_isa"],
+                        "native quantized-matmul kernel (packed weights get dequantized at "
+                        "load)", march_native=False)
+_load = _KERNEL.get
 
 
 def available() -> bool:

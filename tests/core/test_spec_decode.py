@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from quire.core.batch import Batch
-from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
+from quire.core.executor import ModelOutput
 from quire.core.kv_cache_manager import KVCacheManager
 from quire.core.request import Request
 from quire.core.sampling_params import SamplingParams
@@ -26,7 +26,13 @@ from quire.core.spec_decode import (
     accepted_counts,
     ngram_lookup,
 )
-from tests.core.fakes import MODEL_INFO, make_engine, make_request, run_to_completion, sched_config
+from tests.core.fakes import (
+    CountingExecutor,
+    make_engine,
+    make_request,
+    run_to_completion,
+    sched_config,
+)
 
 
 def next_token(context: Sequence[int]) -> int:
@@ -35,23 +41,14 @@ def next_token(context: Sequence[int]) -> int:
     return int((ids * np.arange(1, len(ids) + 1)).sum() % 26)
 
 
-class ContextExecutor(Executor):
+class ContextExecutor(CountingExecutor):
     """Writes each token id into its KV slot, then for each logits row reads the row's whole
     context back through the block table and returns next_token of it."""
 
     def __init__(self) -> None:
-        super().__init__(config=None)  # type: ignore[arg-type]
+        super().__init__()
         self.kv = np.zeros(0, dtype=np.int64)
         self.block_size = 0
-        self.batches: list[Batch] = []
-
-    @classmethod
-    def capabilities(cls) -> Capabilities:
-        return Capabilities(dtypes=("float32",), default_dtype="float32", block_sizes=(4,))
-
-    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
-        self.info = MODEL_INFO
-        return MODEL_INFO
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         self.kv = np.full(num_blocks * block_size, -1, dtype=np.int64)
