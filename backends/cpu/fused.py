@@ -33,7 +33,8 @@ class NativeApplyRotary(ApplyRotary):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        if q.stride(-1) == 1 and k.stride(-1) == 1 and cos.dtype == torch.float32:
+        if q.stride(-1) == 1 and k.stride(-1) == 1 and cos.dtype == torch.float32 and \
+                cos.shape[-1] == q.shape[-1]:
             native.module().rope_inplace(q, k, cos.contiguous(), sin.contiguous())
             return q, k
         return super().forward(q, k, cos, sin)

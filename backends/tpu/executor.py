@@ -25,7 +25,7 @@ from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
 from quire.core.sizing import resolve_dtype
 from quire.models.config import (
-    LLAMA_FAMILY,
+    BUILTIN_ARCHITECTURES,
     ModelArchConfig,
     architecture_name,
     model_info,
@@ -81,16 +81,16 @@ class TpuExecutor(Executor):
         raw, weights = open_checkpoint(model_path,
                                        keep_quantized=self.config.quantization != "none")
         arch = architecture_name(raw)
-        if arch in self.extra_models and arch not in LLAMA_FAMILY:
+        if arch in self.extra_models and arch not in BUILTIN_ARCHITECTURES:
             raise ValueError(f"model architecture {arch!r} comes from a plugin "
                              "(quire_register_models), which registers torch modules; the tpu "
                              "backend runs only its built-in JAX models "
-                             f"({', '.join(LLAMA_FAMILY)}). Serve it on a torch-family backend "
-                             "such as --backend cpu")
-        if arch not in LLAMA_FAMILY:
+                             f"({', '.join(BUILTIN_ARCHITECTURES)}). Serve it on a "
+                             "torch-family backend such as --backend cpu")
+        if arch not in BUILTIN_ARCHITECTURES:
             raise ValueError(f"model architecture {arch or raw.get('model_type')!r} is not "
                              f"supported by the tpu backend; supported: "
-                             f"{', '.join(LLAMA_FAMILY)}")
+                             f"{', '.join(BUILTIN_ARCHITECTURES)}")
         cfg = parse_arch_config(raw, arch)
         dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
         self.params = llama.load_params(cfg, weights, JAX_DTYPES[dtype])
@@ -106,11 +106,14 @@ class TpuExecutor(Executor):
         dtype = JAX_DTYPES[self.info.dtype]
         self.kv_caches = [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
                           for _ in range(self.info.num_layers)]
-        attention = make_attention(self.attention_choice, self.cfg.head_size**-0.5,
-                                   self.cfg.sliding_window, None, self.kernel_params)
-        forward = functools.partial(llama.forward, cfg=self.cfg, attention=attention,
+        cfg = self.cfg
+        attention = [make_attention(self.attention_choice, cfg.attn_scale or cfg.head_size**-0.5,
+                                    cfg.layer_window(i), cfg.attn_soft_cap, self.kernel_params)
+                     for i in range(cfg.num_layers)]
+        forward = functools.partial(llama.forward, cfg=cfg, attention=attention,
                                     write_kv=reference.write_kv)
-        self._step = jax.jit(functools.partial(_step, forward), donate_argnums=(1,))
+        self._step = jax.jit(functools.partial(_step, forward, cfg.final_soft_cap),
+                             donate_argnums=(1,))
 
     def execute(self, batch: Batch) -> ModelOutput:
         assert self.params is not None and self._step is not None, \
@@ -160,6 +163,7 @@ class TpuExecutor(Executor):
         self._step = None
 
 
-def _step(forward, params, kv_caches, input_ids, positions, md, logits_indices):
+def _step(forward, final_soft_cap, params, kv_caches, input_ids, positions, md,
+          logits_indices):
     hidden, kv_caches = forward(params, kv_caches, input_ids, positions, md)
-    return llama.compute_logits(params, hidden[logits_indices]), kv_caches
+    return llama.compute_logits(params, hidden[logits_indices], final_soft_cap), kv_caches

@@ -1,11 +1,15 @@
-"""The Llama family (Llama incl. llama3 rope, Mistral, Qwen2 qkv bias, Qwen3 q/k norm) as
-pure JAX functions over a params pytree. Tokens arrive packed, [T, hidden].
+"""Every built-in decoder as pure JAX functions over a params pytree, driven by
+ModelArchConfig like the torch family's (Llama, Mistral, Qwen2, Qwen3, Gemma 2 and 3, Phi-3,
+Mixtral, Qwen3-MoE). Tokens arrive packed, [T, hidden].
 
 Params: {"embed": [V, H], "norm": [H], "lm_head": [H, V], "layers": [per layer, keyed by the
 fused names of quire.models.weight_map: "qkv_proj.weight" [H, (Hq+2Hkv)*D],
 "qkv_proj.bias" [(Hq+2Hkv)*D]?, "o_proj.weight" [Hq*D, H], "q_norm.weight"/"k_norm.weight"
 [D]?, "gate_up_proj.weight" [H, 2I], "down_proj.weight" [I, H], "input_layernorm.weight" /
-"post_attention_layernorm.weight" [H]]}; matrices stored input-major so a layer is x @ W.
+"post_attention_layernorm.weight" [H], Gemma's "pre_feedforward_layernorm.weight" /
+"post_feedforward_layernorm.weight" [H]?; an MoE layer has "router.weight" [H, E],
+"experts.w13" [E, H, 2I], "experts.w2" [E, I, H] instead of the MLP's]}; matrices stored
+input-major so a layer is x @ W. Gemma's norm weights are stored with the 1 added.
 """
 
 from __future__ import annotations
@@ -19,8 +23,15 @@ import numpy as np
 
 from quire.models.config import ModelArchConfig
 from quire.models.quant import PackedWeight, concat_rows
-from quire.models.rope import inv_frequencies
-from quire.models.weight_map import WeightTarget, expected_targets, weight_target
+from quire.models.rope import RopeSpec, rope_spec
+from quire.models.weight_map import (
+    WeightTarget,
+    covered,
+    expected_targets,
+    is_norm,
+    shard_sizes,
+    weight_target,
+)
 
 Params = dict[str, Any]
 
@@ -82,29 +93,65 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * xf.astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """x [T, H, D] rotated (rotate-half layout) at positions [T]."""
-    freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+def rope(x: jax.Array, positions: jax.Array, spec: RopeSpec) -> jax.Array:
+    """x [T, H, D] rotated (rotate-half layout) at positions [T]; with a partial rotary
+    dimension R < D only the leading R of each head. LongRoPE: positions from original_max
+    on take the long frequencies (as the torch family does)."""
+    inv_freq = jnp.asarray(spec.inv_freq, jnp.float32)[None, :]
+    if spec.long_inv_freq is not None:
+        inv_freq = jnp.where((positions >= spec.original_max)[:, None],
+                             jnp.asarray(spec.long_inv_freq, jnp.float32)[None, :], inv_freq)
+    freqs = positions.astype(jnp.float32)[:, None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, None, :]
-    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    cos = (jnp.cos(emb) * spec.attention_factor).astype(x.dtype)
+    sin = (jnp.sin(emb) * spec.attention_factor).astype(x.dtype)
+    r = emb.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    half = r // 2
+    rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    return jnp.concatenate([x_rot * cos + rotated * sin, x_pass], axis=-1)
+
+
+def _act(gate: jax.Array, kind: str) -> jax.Array:
+    return jax.nn.silu(gate) if kind == "silu" else jax.nn.gelu(gate, approximate=True)
+
+
+def moe(x: jax.Array, layer: dict, cfg: ModelArchConfig) -> jax.Array:
+    """The experts of one layer, static shapes: the T*k (token, expert) pairs sorted by
+    expert and run as grouped matmuls (lax.ragged_dot), then summed back per token."""
+    k = cfg.num_experts_per_tok
+    logits = x @ layer["router.weight"]
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights, ids = jax.lax.top_k(probs, k)
+    if cfg.norm_topk_prob:
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    flat = ids.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    token_of = order // k
+    group_sizes = jnp.bincount(flat, length=cfg.num_experts).astype(jnp.int32)
+    h = jax.lax.ragged_dot(x[token_of], layer["experts.w13"], group_sizes)
+    gate, up = jnp.split(h, 2, axis=-1)
+    out = jax.lax.ragged_dot(_act(gate, cfg.hidden_act) * up, layer["experts.w2"], group_sizes)
+    out = out * weights.reshape(-1)[order][:, None].astype(out.dtype)
+    return jnp.zeros_like(x).at[token_of].add(out)
 
 
 def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
-            positions: jax.Array, md: Any, *, cfg: ModelArchConfig, attention: AttentionFn,
-            write_kv: WriteFn) -> tuple[jax.Array, list[KVCache]]:
-    """input_ids, positions [T] -> (final hidden [T, H], the updated caches)."""
+            positions: jax.Array, md: Any, *, cfg: ModelArchConfig,
+            attention: list[AttentionFn], write_kv: WriteFn) -> tuple[jax.Array, list[KVCache]]:
+    """input_ids, positions [T] -> (final hidden [T, H], the updated caches). attention:
+    one function per layer (their windows differ)."""
     num_tokens = input_ids.shape[0]
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
-    inv_freq = jnp.asarray(inv_frequencies(d, cfg.rope_theta, cfg.rope_scaling), jnp.float32)
     embed = params["embed"]
     x = embed.rows(input_ids, params["norm"].dtype) if isinstance(embed, QuantMatrix) \
         else embed[input_ids]
+    if cfg.embed_scale is not None:
+        x = x * jnp.asarray(cfg.embed_scale, x.dtype)
+    eps = cfg.rms_norm_eps
     new_caches = []
-    for layer, (k_cache, v_cache) in zip(params["layers"], kv_caches):
-        h = rms_norm(x, layer["input_layernorm.weight"], cfg.rms_norm_eps)
+    for i, (layer, (k_cache, v_cache)) in enumerate(zip(params["layers"], kv_caches)):
+        h = rms_norm(x, layer["input_layernorm.weight"], eps)
         qkv = linear(h, layer["qkv_proj.weight"])
         if "qkv_proj.bias" in layer:
             qkv = qkv + layer["qkv_proj.bias"]
@@ -112,23 +159,38 @@ def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
         k = qkv[:, hq * d : (hq + hkv) * d].reshape(num_tokens, hkv, d)
         v = qkv[:, (hq + hkv) * d :].reshape(num_tokens, hkv, d)
         if "q_norm.weight" in layer:
-            q = rms_norm(q, layer["q_norm.weight"], cfg.rms_norm_eps)
-            k = rms_norm(k, layer["k_norm.weight"], cfg.rms_norm_eps)
-        q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+            q = rms_norm(q, layer["q_norm.weight"], eps)
+            k = rms_norm(k, layer["k_norm.weight"], eps)
+        spec = rope_spec(cfg.rotary_dim, *cfg.layer_rope(i))
+        q, k = rope(q, positions, spec), rope(k, positions, spec)
         k_cache, v_cache = write_kv(k, v, k_cache, v_cache, md.slot_mapping)
-        attn = attention(q, k_cache, v_cache, md)
-        x = x + linear(attn.reshape(num_tokens, hq * d), layer["o_proj.weight"])
-        h = rms_norm(x, layer["post_attention_layernorm.weight"], cfg.rms_norm_eps)
-        gate_up = linear(h, layer["gate_up_proj.weight"])
-        gate, up = jnp.split(gate_up, 2, axis=-1)
-        x = x + linear(jax.nn.silu(gate) * up, layer["down_proj.weight"])
+        attn = linear(attention[i](q, k_cache, v_cache, md).reshape(num_tokens, hq * d),
+                      layer["o_proj.weight"])
+        if cfg.sandwich_norms:
+            x = x + rms_norm(attn, layer["post_attention_layernorm.weight"], eps)
+            h = rms_norm(x, layer["pre_feedforward_layernorm.weight"], eps)
+        else:
+            x = x + attn
+            h = rms_norm(x, layer["post_attention_layernorm.weight"], eps)
+        if "experts.w13" in layer:
+            mlp = moe(h, layer, cfg)
+        else:
+            gate, up = jnp.split(linear(h, layer["gate_up_proj.weight"]), 2, axis=-1)
+            mlp = linear(_act(gate, cfg.hidden_act) * up, layer["down_proj.weight"])
+        if cfg.sandwich_norms:
+            mlp = rms_norm(mlp, layer["post_feedforward_layernorm.weight"], eps)
+        x = x + mlp
         new_caches.append((k_cache, v_cache))
-    return rms_norm(x, params["norm"], cfg.rms_norm_eps), new_caches
+    return rms_norm(x, params["norm"], eps), new_caches
 
 
-def compute_logits(params: Params, hidden: jax.Array) -> jax.Array:
+def compute_logits(params: Params, hidden: jax.Array, final_soft_cap: float | None = None
+                   ) -> jax.Array:
     """hidden [S, H] -> fp32 logits [S, V]."""
-    return linear(hidden, params["lm_head"]).astype(jnp.float32)
+    logits = linear(hidden, params["lm_head"]).astype(jnp.float32)
+    if final_soft_cap is not None:
+        logits = final_soft_cap * jnp.tanh(logits / final_soft_cap)
+    return logits
 
 
 # -- weights -------------------------------------------------------------------------------
@@ -138,14 +200,18 @@ def load_params(cfg: ModelArchConfig,
     quire.models.weight_map says). PackedWeight matrices stay quantized (QuantMatrix) when
     all their shards share a format, else they are dequantized."""
     shards: dict[str, dict[int, np.ndarray]] = {}
+    experts: dict[str, np.ndarray] = {}  # stacked experts parameters, [E, out, in]
     loaded: set[WeightTarget] = set()
     expected = expected_targets(cfg)
     for name, array in weights:
         target = weight_target(name, cfg)
         if target is None:
             continue
+        loaded.update(covered(target, cfg))
+        if target.part.startswith("experts."):
+            _put_expert(experts, target, array, cfg)
+            continue
         shards.setdefault(target.name, {})[target.shard or 0] = array
-        loaded.add(target)
     missing = [t.name for t in expected if t not in loaded]
     if missing:
         raise ValueError(f"checkpoint is missing tensors: {missing[:8]}")
@@ -160,16 +226,42 @@ def load_params(cfg: ModelArchConfig,
         dense = [p.dequantize() if isinstance(p, PackedWeight) else np.asarray(p, np.float32)
                  for p in parts]
         whole = np.concatenate(dense)
+        if cfg.norm_offset and is_norm(WeightTarget(name, None)):
+            whole = whole + 1.0  # Gemma stores w - 1 and computes x * (1 + w)
         return jnp.asarray(whole.T if transpose else whole, dtype=dtype)
 
     layers: list[dict[str, jax.Array]] = [{} for _ in range(cfg.num_layers)]
     for t in expected:
-        if t.layer is not None and t.part not in layers[t.layer]:
-            # Matrices input-major (x @ W); vectors as they are.
-            layers[t.layer][t.part] = put(t.name, t.part.endswith("proj.weight"))
+        if t.layer is None or t.part in layers[t.layer]:
+            continue
+        if t.part.startswith("experts."):  # [E, in, out]: x @ W per expert
+            layers[t.layer][t.part] = jnp.asarray(experts[t.name].transpose(0, 2, 1), dtype)
+        else:  # matrices input-major (x @ W); vectors as they are
+            layers[t.layer][t.part] = put(t.name, t.part.endswith(("proj.weight",
+                                                                   "router.weight")))
     embed = put("embed_tokens.weight")
     if cfg.tie_word_embeddings:
         lm_head = embed if isinstance(embed, QuantMatrix) else embed.T
     else:
         lm_head = put("lm_head.weight", True)
     return {"embed": embed, "norm": put("norm.weight"), "lm_head": lm_head, "layers": layers}
+
+
+def _put_expert(experts: dict[str, np.ndarray], target: WeightTarget,
+                array: np.ndarray | PackedWeight, cfg: ModelArchConfig) -> None:
+    """One checkpoint tensor into a stacked experts parameter [E, out, in] (float32)."""
+    dense = array.dequantize() if isinstance(array, PackedWeight) else \
+        np.asarray(array, np.float32)
+    if target.expert is None:  # the whole stack at once
+        experts[target.name] = dense.copy()
+        return
+    if target.name not in experts:
+        rows = sum(shard_sizes(cfg, target.part)) if target.part == "experts.w13" \
+            else cfg.hidden_size
+        cols = cfg.hidden_size if target.part == "experts.w13" else cfg.moe_intermediate_size
+        experts[target.name] = np.zeros((cfg.num_experts, rows, cols), np.float32)
+    rows_of = experts[target.name][target.expert]
+    if target.shard is not None:
+        size = shard_sizes(cfg, target.part)[target.shard]
+        rows_of = rows_of[target.shard * size : (target.shard + 1) * size]
+    rows_of[...] = dense

@@ -64,6 +64,31 @@ _ARCH = {
     "mistral": ("MistralConfig", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {"head_dim": 32}),
+    # Small windows and caps that bite at test lengths: prompts run past the window.
+    "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 24,
+                                "sliding_window": 8, "attn_logit_softcapping": 20.0,
+                                "final_logit_softcapping": 30.0}),
+    "gemma3": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16,
+                                    "sliding_window": 8,
+                                    "layer_types": ["sliding_attention", "full_attention"],
+                                    "rope_parameters": {
+                                        "sliding_attention": {"rope_type": "default",
+                                                              "rope_theta": 10000.0},
+                                        "full_attention": {"rope_type": "linear",
+                                                           "factor": 2.0,
+                                                           "rope_theta": 1000000.0}}}),
+    "phi3": ("Phi3Config", {"original_max_position_embeddings": 64,
+                            "rope_parameters": {"rope_type": "longrope",
+                                                "rope_theta": 10000.0,
+                                                "partial_rotary_factor": 0.75,
+                                                "short_factor": [1.0 + 0.05 * i
+                                                                 for i in range(6)],
+                                                "long_factor": [1.5 + 0.5 * i
+                                                                for i in range(6)]}}),
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3_moe": ("Qwen3MoeConfig", {"num_experts": 6, "num_experts_per_tok": 2,
+                                     "moe_intermediate_size": 48, "norm_topk_prob": False,
+                                     "decoder_sparse_step": 1, "mlp_only_layers": [1]}),
 }
 
 
@@ -85,7 +110,7 @@ def build_model(
     model_vocab_size: int | None = None,
     **overrides,
 ) -> str:
-    """Write a random model of architecture `arch` (llama, mistral, qwen2, qwen3) with a
+    """Write a random model of architecture `arch` (a key of _ARCH) with a
     locally trained tokenizer into out_dir. weight_scale multiplies the default random init
     and logit_scale the output embeddings, so greedy decoding has clear winners instead of
     near ties. model_vocab_size pads the model's vocabulary beyond the tokenizer's (for

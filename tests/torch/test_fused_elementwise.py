@@ -15,6 +15,7 @@ from quire.backends.cpu.fused import (
 )
 from quire.backends.torch.models.llama import RMSNorm, SiluAndMul
 from quire.backends.torch.rope import ApplyRotary, RotaryEmbedding
+from quire.models.rope import rope_spec
 
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason="native kernels could not be built here")
@@ -45,7 +46,7 @@ def test_silu_mul(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rotary_in_place_on_qkv_views(dtype):
-    rope = RotaryEmbedding(64, 128, 10000.0, {})
+    rope = RotaryEmbedding(rope_spec(64, 10000.0, {}), 128)
     positions = torch.tensor([0, 5, 17, 127])
     cos, sin = rope.table(positions)
     qkv = torch.randn(4, (6 + 2 * 2) * 64).to(dtype)

@@ -29,6 +29,11 @@ def encode_all(llm: LLM) -> list[list[int]]:
     ("mistral", {}),
     ("qwen2", {}),
     ("qwen3", {}),
+    ("gemma2", {}),
+    ("gemma3", {}),
+    ("phi3", {}),
+    ("mixtral", {}),
+    ("qwen3_moe", {}),
 ])
 def test_greedy_matches_hf(model_factory, arch, kwargs):
     model_dir = model_factory(arch, **kwargs)

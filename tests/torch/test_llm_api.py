@@ -122,7 +122,7 @@ def test_unsupported_architecture(llama_dir, copy_model):
     cfg["architectures"] = ["GPT2LMHeadModel"]
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
-    with pytest.raises(ValueError, match="not supported; supported: LlamaForCausalLM"):
+    with pytest.raises(ValueError, match="not supported; supported: Gemma2ForCausalLM"):
         LLM(path)
 
 

@@ -42,7 +42,8 @@ def _run(model_dir: str, backend: str, **kwargs):
 
 @pytest.mark.parametrize("arch,kwargs", [
     ("llama", {}), ("llama", {"tie_word_embeddings": True}), ("mistral", {}), ("qwen2", {}),
-    ("qwen3", {}),
+    ("qwen3", {}), ("gemma2", {}), ("gemma3", {}), ("phi3", {}), ("mixtral", {}),
+    ("qwen3_moe", {}),
 ])
 def test_greedy_matches_cpu_backend(model_factory, arch, kwargs):
     model_dir = model_factory(arch, **kwargs)
@@ -56,11 +57,13 @@ def test_greedy_matches_cpu_backend(model_factory, arch, kwargs):
     assert llm.engine.stats().num_used_blocks == 0
 
 
-def test_pallas_kernel_in_the_loop(model_factory, monkeypatch):
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2"])
+def test_pallas_kernel_in_the_loop(model_factory, monkeypatch, arch):
     """The whole executor with the Pallas kernel (TPU interpreter) instead of the jnp one,
-    including chunked prefill (a 64-token budget) and prefix-cache hits."""
+    including chunked prefill (a 64-token budget) and prefix-cache hits; gemma2: soft-capped
+    scores and sliding-window layers in the kernel."""
     monkeypatch.setenv("QUIRE_TPU_ATTENTION", "pallas-interpret")
-    model_dir = model_factory("qwen3")
+    model_dir = model_factory(arch)
     _, ref = _run(model_dir, "cpu")
     llm, got = _run(model_dir, "tpu")
     assert llm.engine.executor.attention_choice == "pallas-interpret"

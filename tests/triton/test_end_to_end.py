@@ -19,7 +19,8 @@ def _generate(model_dir: str, backend: str, **kwargs):
     return llm, llm.generate(PROMPTS, params, use_tqdm=False)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen3", "gemma2", "gemma3", "phi3",
+                                  "mixtral", "qwen3_moe"])
 def test_interpreted_triton_greedy_matches_cpu(model_factory, arch):
     if not torch.cuda.is_available():
         model_dir = model_factory(arch)

@@ -1,5 +1,9 @@
-"""The Llama family in one file: Llama (llama3 rope), Mistral, Qwen2 (qkv bias), Qwen3
-(q/k norm). Tokens arrive packed, [T, hidden]; attention goes through an AttentionImpl.
+"""Every built-in decoder in one file, driven by ModelArchConfig: Llama (llama3 rope),
+Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm), Gemma 2 and 3 (soft-capping, alternating
+sliding-window layers, sandwich norms, GeGLU, scaled embeddings, per-layer-type rope),
+Phi-3 (LongRoPE, partial rotary), and the mixture-of-experts ones, Mixtral and Qwen3-MoE
+(MLP replaced by moe.py's experts). Tokens arrive packed, [T, hidden]; attention goes
+through an AttentionImpl.
 
 q/k/v and gate/up projections are fused at load time (one matmul each).
 """
@@ -13,10 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
+from quire.backends.torch.models.moe import MoEExperts
 from quire.backends.torch.rope import ApplyRotary, RotaryEmbedding
 from quire.models.config import ModelArchConfig
 from quire.models.quant import PackedWeight, concat_rows
-from quire.models.weight_map import WeightTarget, expected_targets, shard_sizes, weight_target
+from quire.models.rope import rope_spec
+from quire.models.weight_map import (
+    WeightTarget,
+    covered,
+    expected_targets,
+    is_norm,
+    shard_sizes,
+    weight_target,
+)
 
 
 class RMSNorm(nn.Module):
@@ -39,9 +52,22 @@ class SiluAndMul(nn.Module):
         return F.silu(gate) * up
 
 
+class GeluTanhAndMul(nn.Module):
+    """[T, 2I] (gate | up) -> gelu_tanh(gate) * up [T, I] (Gemma's GeGLU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.gelu(gate, approximate="tanh") * up
+
+
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelArchConfig, attn: AttentionImpl) -> None:
+    def __init__(self, cfg: ModelArchConfig, attn: AttentionImpl, index: int) -> None:
         super().__init__()
+        self.rope_index = int(cfg.layer_rope(index) != (cfg.rope_theta, cfg.rope_scaling))
         self.num_heads, self.num_kv_heads, self.head_size = (
             cfg.num_heads, cfg.num_kv_heads, cfg.head_size)
         q_size, kv_size = cfg.num_heads * cfg.head_size, cfg.num_kv_heads * cfg.head_size
@@ -50,13 +76,29 @@ class DecoderLayer(nn.Module):
         self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(cfg.head_size, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_size, cfg.rms_norm_eps) if cfg.qk_norm else None
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.act = SiluAndMul()
+        if cfg.is_moe_layer(index):
+            self.router = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+            self.experts = MoEExperts(cfg.num_experts, cfg.hidden_size,
+                                      cfg.moe_intermediate_size, cfg.num_experts_per_tok,
+                                      cfg.norm_topk_prob, cfg.hidden_act)
+        else:
+            self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size,
+                                          bias=False)
+            self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+            self.act = SiluAndMul() if cfg.hidden_act == "silu" else GeluTanhAndMul()
         self.rotary = ApplyRotary()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.sandwich = cfg.sandwich_norms
+        if cfg.sandwich_norms:  # Gemma: the attention output is normed, the MLP's too
+            self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = attn
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "experts"):
+            return self.experts(h, self.router(h))
+        return self.down_proj(self.act(self.gate_up_proj(h)))
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
@@ -70,9 +112,12 @@ class DecoderLayer(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(q, k, *rope)
         self.attn.write_kv(k, v, kv_cache, md.slot_mapping)
-        attn_out = self.attn.forward(q, kv_cache, md)
-        x = x + self.o_proj(attn_out.reshape(num_tokens, -1))
-        return x + self.down_proj(self.act(self.gate_up_proj(self.post_attention_layernorm(x))))
+        attn_out = self.o_proj(self.attn.forward(q, kv_cache, md).reshape(num_tokens, -1))
+        if not self.sandwich:
+            x = x + attn_out
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.post_attention_layernorm(attn_out)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
 class LlamaForCausalLM(nn.Module):
@@ -81,29 +126,37 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        scale = cfg.attn_scale or cfg.head_size**-0.5
         self.layers = nn.ModuleList(
             DecoderLayer(cfg, attention_cls(cfg.num_heads, cfg.num_kv_heads, cfg.head_size,
-                                            cfg.head_size**-0.5, cfg.sliding_window))
-            for _ in range(cfg.num_layers)
+                                            scale, cfg.layer_window(i), cfg.attn_soft_cap), i)
+            for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.rope = RotaryEmbedding(cfg.head_size, max_positions, cfg.rope_theta,
-                                    cfg.rope_scaling)
+        # One rotary table per distinct rope (Gemma 3: global and local layers).
+        ropes = [(cfg.rope_theta, cfg.rope_scaling)]
+        if any(layer.rope_index for layer in self.layers):
+            ropes.append(cfg.layer_rope(next(i for i, layer in enumerate(self.layers)
+                                             if layer.rope_index)))
+        self.ropes = [RotaryEmbedding(rope_spec(cfg.rotary_dim, theta, scaling), max_positions)
+                      for theta, scaling in ropes]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], md: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions [T] -> final hidden states [T, hidden]."""
         x = self.embed_tokens(input_ids)
-        rope = self.rope.table(positions)
+        if self.cfg.embed_scale is not None:
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
+        tables = [rope.table(positions) for rope in self.ropes]
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, rope, kv_cache, md)
+            x = layer(x, tables[layer.rope_index], kv_cache, md)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        return soft_cap(self.lm_head(hidden).float(), self.cfg.final_soft_cap)
 
     # -- weights ---------------------------------------------------------------------------
     # load_weights accepts quire.models.quant.PackedWeight for linear and embedding weights.
@@ -121,11 +174,15 @@ class LlamaForCausalLM(nn.Module):
             target = weight_target(name, self.cfg)
             if target is None:
                 continue
+            loaded.update(covered(target, self.cfg))
             if isinstance(tensor, PackedWeight):
-                packed.setdefault(target.name, {})[target.shard] = tensor
-                loaded.add(target)
-                continue
+                if target.expert is None and not target.part.startswith("experts."):
+                    packed.setdefault(target.name, {})[target.shard] = tensor
+                    continue
+                tensor = torch.from_numpy(tensor.dequantize())  # experts: dense (for now)
             param = params[target.name].data
+            if target.expert is not None:
+                param = param[target.expert]
             if target.shard is not None:
                 sizes = shard_sizes(self.cfg, target.part)
                 offset = sum(sizes[: target.shard])
@@ -133,7 +190,8 @@ class LlamaForCausalLM(nn.Module):
             if param.shape != tensor.shape:
                 raise ValueError(f"{name}: shape {tuple(tensor.shape)} != {tuple(param.shape)}")
             param.copy_(tensor)
-            loaded.add(target)
+            if self.cfg.norm_offset and is_norm(target):
+                param.add_(1.0)  # Gemma stores w - 1 and computes x * (1 + w)
         missing = [t.name for t in expected_targets(self.cfg) if t not in loaded]
         if missing:
             raise ValueError(f"checkpoint is missing tensors: {missing[:8]}")

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from torch import nn
 
 from quire.backends.torch.models.llama import LlamaForCausalLM
-from quire.models.config import LLAMA_FAMILY, architecture_name
+from quire.models.config import BUILTIN_ARCHITECTURES, architecture_name
 
 ModelFactory = Callable[..., nn.Module]
 
-_BUILTIN: dict[str, ModelFactory] = dict.fromkeys(LLAMA_FAMILY, LlamaForCausalLM)
+_BUILTIN: dict[str, ModelFactory] = dict.fromkeys(BUILTIN_ARCHITECTURES, LlamaForCausalLM)
 
 
 def supported_architectures(extra: dict[str, ModelFactory] | None = None) -> list[str]:
