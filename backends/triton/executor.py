@@ -1,6 +1,7 @@
-"""GpuExecutor: the torch family on a GPU with quire's Triton attention, and CUDA/HIP graphs
-for decode steps. The cuda and rocm backends subclass it with their kernel configuration.
-TritonInterpretExecutor runs the same attention on the CPU under TRITON_INTERPRET=1.
+"""GpuExecutor: the torch family on a GPU with quire's Triton attention and fused MoE, and
+CUDA/HIP graphs for decode steps. The cuda and rocm backends subclass it with their kernel
+configuration. TritonInterpretExecutor runs the same kernels on the CPU under
+TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from quire.backends.triton.attention import TritonAttention
 from quire.backends.triton.config import GpuPlatform, KernelConfig, interpreting
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
-from quire.core.executor import Capabilities, ModelOutput
+from quire.core.executor import Capabilities, ModelInfo, ModelOutput
 from quire.core.sizing import block_table_width
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,14 @@ class GpuExecutor(TorchExecutor):
         if device is None:
             raise ValueError(self.platform.REQUIRES)
         return self.platform.kernel_config(device)
+
+    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
+        info = super().load_model(model_path, dtype)
+        from quire.backends.triton.moe import use_triton_moe
+
+        assert self.model is not None
+        use_triton_moe(self.model)  # experts in the Triton grouped GEMM (moe.py)
+        return info
 
     @classmethod
     def capabilities(cls) -> Capabilities:

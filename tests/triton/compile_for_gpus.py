@@ -14,7 +14,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from quire.backends.triton import kernels  # noqa: E402
+from quire.backends.triton import kernels, moe  # noqa: E402
 from quire.backends.triton.config import KernelConfig, block_q_for, next_pow2  # noqa: E402
 
 TARGETS = {
@@ -34,8 +34,11 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
             sig[name] = "constexpr"
         elif name in ("part_out_ptr", "part_lse_ptr"):
             sig[name] = "*fp32"
-        elif name in ("tables_ptr", "qsl_ptr", "seq_lens_ptr"):
+        elif name in ("tables_ptr", "qsl_ptr", "seq_lens_ptr", "sorted_ptr",
+                      "block_expert_ptr"):
             sig[name] = "*i32"
+        elif name == "weights_ptr":
+            sig[name] = "*fp32"
         elif name == "slot_ptr":
             sig[name] = "*i64"
         elif name.endswith("_ptr"):
@@ -79,6 +82,13 @@ def variants(cfg: KernelConfig):
             yield kernels._reduce_splits_kernel, dtype, {
                 "NUM_HEADS": 8 * group, "NUM_SPLITS": 8, "HEAD": head,
                 "HEAD_PAD": next_pow2(head)}
+
+
+    for dtype, row_div, mul, block_n, block_k in [("bf16", 2, False, 64, 64),
+                                                  ("fp16", 1, True, 32, 64)]:
+        yield moe._grouped_gemm_kernel, dtype, {
+            "ROW_DIV": row_div, "MUL_WEIGHT": mul, "BLOCK_M": 16, "BLOCK_N": block_n,
+            "BLOCK_K": block_k, "UPCAST_DOT": False}
 
 
 def main(names: list[str]) -> int:

@@ -63,6 +63,16 @@ class MoEExperts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.top_k, self.renormalize, self.act = top_k, renormalize, act
 
+    @classmethod
+    def like(cls, other: MoEExperts) -> MoEExperts:
+        """An instance of cls sharing other's parameters (how a backend swaps in its kernel)."""
+        num_experts, inter2, hidden = other.w13.shape
+        with torch.device("meta"):
+            new = cls(num_experts, hidden, inter2 // 2, other.top_k, other.renormalize,
+                      other.act)
+        new.w13, new.w2 = other.w13, other.w2
+        return new
+
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         weights, ids = route(router_logits, self.top_k, self.renormalize)
         return self.experts(x, weights, ids)
