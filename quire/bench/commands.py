@@ -81,22 +81,36 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     srv.set_defaults(func=_serve)
 
 
+# --random-arch: the architectures the bench builds a random model of, with what each adds
+# to the llama shape (hidden 512, 8 layers, 8 heads, vocabulary 32000).
+RANDOM_ARCHS: dict[str, dict[str, Any]] = {
+    "llama": {},
+    "mixtral": {"num_local_experts": 8, "num_experts_per_tok": 2},  # 8 experts, top-2
+}
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="bench-results", help="where JSON and PNG go")
+    p.add_argument("--random-arch", default="llama", choices=sorted(RANDOM_ARCHS),
+                   help="without --model: the architecture of the random bench model "
+                        "(mixtral: 8 experts, top-2)")
 
 
 def bench_model(args: argparse.Namespace) -> str:
-    """--model, else the random Llama the README's numbers use (hidden 512, 8 layers,
-    vocabulary 32000), built locally once."""
+    """--model, else the random model the README's numbers use (hidden 512, 8 layers,
+    vocabulary 32000; --random-arch picks llama or mixtral), built locally once."""
     if args.model:
         return args.model
-    if not os.path.exists(os.path.join(BENCH_MODEL_DIR, "config.json")):
+    arch = getattr(args, "random_arch", "llama")
+    path = BENCH_MODEL_DIR if arch == "llama" else f"{BENCH_MODEL_DIR}-{arch}"
+    if not os.path.exists(os.path.join(path, "config.json")):
         from quire.testing.tiny_models import build_model
 
-        build_model(BENCH_MODEL_DIR, "llama", hidden_size=512, num_layers=8, num_heads=8,
+        build_model(path, arch, hidden_size=512, num_layers=8, num_heads=8,
                     num_kv_heads=8, intermediate_size=1376, max_position_embeddings=2048,
-                    weight_scale=1.0, logit_scale=1.0, model_vocab_size=32000)
-    return BENCH_MODEL_DIR
+                    weight_scale=1.0, logit_scale=1.0, model_vocab_size=32000,
+                    **RANDOM_ARCHS[arch])
+    return path
 
 
 def _llm(args: argparse.Namespace, model: str, **overrides: Any):
