@@ -22,7 +22,8 @@ from quire.models.quant import PackedWeight, from_gguf
 logger = logging.getLogger(__name__)
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM"}
+                  "qwen3": "Qwen3ForCausalLM", "qwen3moe": "Qwen3MoeForCausalLM"}
+_MODEL_TYPES = {"qwen3moe": "qwen3_moe"}
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -30,7 +31,11 @@ _LAYER_NAMES = {
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    # mixture of experts: the router and the experts stacked in one 3-D tensor each
+    "ffn_gate_inp": "mlp.gate", "ffn_down_exps": "mlp.experts.down_proj",
 }
+# Stacked gate and up experts ([E, I, H] each): concatenated into HF's stacked gate_up_proj.
+_GATE_UP_EXPERTS = ("ffn_gate_exps", "ffn_up_exps")
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
                  "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
@@ -60,9 +65,24 @@ def gguf_config(reader) -> dict[str, Any]:
     hidden = _field(reader, p + "embedding_length")
     names = {t.name for t in reader.tensors}
     vocab = _field(reader, p + "vocab_size") or len(_field(reader, "tokenizer.ggml.tokens"))
+    experts = _field(reader, p + "expert_count", 0)
+    if arch == "llama" and experts:
+        identity = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}
+    else:
+        identity = {"architectures": [_ARCHITECTURES[arch]],
+                   "model_type": _MODEL_TYPES.get(arch, arch)}
+    moe = {} if not experts else {
+        "num_local_experts": experts,
+        "num_experts_per_tok": _field(reader, p + "expert_used_count"),
+        "moe_intermediate_size": _field(reader, p + "expert_feed_forward_length")
+        or _field(reader, p + "feed_forward_length"),
+        "norm_topk_prob": bool(_field(reader, p + "expert_weights_norm", True)),
+        # layers without a router are dense
+        "mlp_only_layers": [i for i in range(_field(reader, p + "block_count"))
+                            if f"blk.{i}.ffn_gate_inp.weight" not in names],
+    }
     return {
-        "architectures": [_ARCHITECTURES[arch]],
-        "model_type": arch,
+        **identity, **moe,
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": _field(reader, p + "feed_forward_length"),
@@ -91,33 +111,48 @@ def gguf_weights(reader, config: dict[str, Any], keep_quantized: bool = False
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    permute = config["model_type"] == "llama"
+    permute = config["model_type"] in ("llama", "mixtral")
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
     plain = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
     dequantized: set[str] = set()
+    gate_up: dict[str, dict[str, np.ndarray]] = {}
     for t in reader.tensors:
         m = _LAYER_RE.fullmatch(t.name)
+        if m is not None and m.group(2) in _GATE_UP_EXPERTS:
+            halves = gate_up.setdefault(m.group(1), {})
+            halves[m.group(2)] = _dense(t, dequantize, plain, dequantized, keep_quantized)
+            if len(halves) == 2:  # HF's stacked layout: [E, 2I, H], gate then up
+                yield (f"model.layers.{m.group(1)}.mlp.experts.gate_up_proj",
+                       np.concatenate([halves[n] for n in _GATE_UP_EXPERTS], axis=1))
+                del gate_up[m.group(1)]
+            continue
         if m is None and t.name not in _GLOBAL_NAMES or \
                 m is not None and m.group(2) not in _LAYER_NAMES:
             raise ValueError(f"unexpected GGUF tensor {t.name!r}")
         name = _GLOBAL_NAMES[t.name] if m is None else \
             f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+        if m is not None and m.group(2).endswith("_exps"):
+            name = name.removesuffix(".weight")  # HF's stacked experts carry no suffix
         part = None if m is None else m.group(2)
         w: np.ndarray | PackedWeight | None = None
         if keep_quantized and len(t.shape) == 2:
             n, k = int(t.shape[1]), int(t.shape[0])  # GGUF lists dimensions innermost first
             w = from_gguf(t.data, int(t.tensor_type), (n, k))
         if w is None:
-            if t.tensor_type not in plain and t.tensor_type.name not in dequantized:
-                dequantized.add(t.tensor_type.name)
-                logger.info("GGUF %s tensors dequantized at load%s", t.tensor_type.name,
-                            " (no kernel for this type on this backend)" if keep_quantized
-                            else "")
-            w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # writable
+            w = _dense(t, dequantize, plain, dequantized, keep_quantized)
         if permute and part in heads:
             w = _unpermute_rope(w, heads[part]) if isinstance(w, np.ndarray) else \
                 w.rows(_unpermute_rope(np.arange(w.shape[0]), heads[part]))
         yield name, w
+
+
+def _dense(t, dequantize, plain, dequantized: set[str], keep_quantized: bool) -> np.ndarray:
+    """A tensor as float32 (dequantized, with one log line per quantized type)."""
+    if t.tensor_type not in plain and t.tensor_type.name not in dequantized:
+        dequantized.add(t.tensor_type.name)
+        logger.info("GGUF %s tensors dequantized at load%s", t.tensor_type.name,
+                    " (no kernel for this type on this backend)" if keep_quantized else "")
+    return np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # writable
 
 
 def open_gguf(path: str, keep_quantized: bool = False
