@@ -37,6 +37,8 @@ class EngineConfig:
     speculative_config: speculative decoding, as vLLM takes it: a dict (or its JSON text)
         such as {"method": "ngram", "num_speculative_tokens": 4}, or a SpeculativeConfig;
         None turns it off.
+    tensor_parallel_size: split the model over this many ranks (one process each on this
+        host for the torch family; 1: no split).
     """
 
     model: str | None = None
@@ -54,6 +56,7 @@ class EngineConfig:
     seed: int = 0
     quantization: str | None = None
     speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "speculative_config",
@@ -63,6 +66,7 @@ class EngineConfig:
         if self.block_size is not None:
             _check_positive("block_size", self.block_size)
         _check_positive("max_num_seqs", self.max_num_seqs)
+        _check_positive("tensor_parallel_size", self.tensor_parallel_size)
         _check_positive("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         if self.num_blocks is not None and self.num_blocks < 2:
             raise ValueError(

@@ -71,7 +71,8 @@ class LLMEngine:
         self.backend_name = backend_name
         self.max_model_len = scheduler_config.max_model_len
         self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
-                                       cache_config.enable_prefix_caching)
+                                       cache_config.enable_prefix_caching,
+                                       window=model_info.kv_window)
         self.scheduler = Scheduler(scheduler_config, self.kv_cache)
         self.limits = PromptLimits(
             vocab_size=model_info.vocab_size, max_model_len=scheduler_config.max_model_len,

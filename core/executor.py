@@ -65,6 +65,10 @@ class ModelInfo:
     head_size: int
     dtype: str
     architecture: str
+    # Every layer attends to at most this many positions (a sliding window): KV blocks
+    # wholly before a request's window are given back as it advances. None: full attention
+    # somewhere, every block is kept.
+    kv_window: int | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +106,13 @@ class Executor(ABC):
     @abstractmethod
     def capabilities(cls) -> Capabilities:
         """Static facts about the backend; must not touch any device."""
+
+    @classmethod
+    def tensor_parallel(cls, config: EngineConfig, args: tuple) -> Executor:
+        """An executor that runs the model split over config.tensor_parallel_size devices
+        (args: what cls(*args) takes). A backend that cannot refuses, as this default does."""
+        raise ValueError(f"this backend ({cls.__name__}) does not run tensor parallelism; "
+                         "use tensor_parallel_size=1 or a torch-family backend such as cpu")
 
     @abstractmethod
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:

@@ -26,8 +26,14 @@ class KVCacheStats:
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    """window: every layer attends to at most this many positions (None: full attention).
+    Then a request's blocks that fall wholly before the window of its next query are given
+    back (to the prefix cache, when cached) and its table holds the null block there."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 window: int | None = None):
         self.block_size = block_size
+        self.window = window
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
         self.req_to_blocks: dict[str, list[KVBlock]] = {}
@@ -37,6 +43,8 @@ class KVCacheManager:
         # rather than derived from num_computed_tokens, which rolls back when speculative
         # drafts are rejected.
         self.req_to_num_cached: dict[str, int] = {}
+        # Leading blocks of each request given back because they fell out of the window.
+        self.req_to_num_freed: dict[str, int] = {}
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found
 
@@ -81,6 +89,8 @@ class KVCacheManager:
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
         block_ids = self.req_to_block_ids.setdefault(request.request_id, [])
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
+        if self.window is not None and blocks:
+            self._free_outside_window(request.request_id, blocks, block_ids, num_computed)
         num_total = num_computed + num_new_tokens
         num_new_blocks = self.num_blocks_for(num_total) - len(blocks) - len(new_computed_blocks)
         num_hits_on_free = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
@@ -100,7 +110,8 @@ class KVCacheManager:
             start = self.req_to_num_cached.get(request.request_id,
                                                num_computed // self.block_size)
             for i in range(start, num_full):
-                self.pool.cache_block(blocks[i], request.block_hashes[i])
+                if blocks[i] is not self.pool.null_block:
+                    self.pool.cache_block(blocks[i], request.block_hashes[i])
             self.req_to_num_cached[request.request_id] = max(start, num_full)
         return new_blocks
 
@@ -110,8 +121,27 @@ class KVCacheManager:
         blocks = self.req_to_blocks.pop(request.request_id, None)
         self.req_to_block_ids.pop(request.request_id, None)
         self.req_to_num_cached.pop(request.request_id, None)
+        self.req_to_num_freed.pop(request.request_id, None)
         if blocks:
-            self.pool.free_blocks(reversed(blocks))
+            self.pool.free_blocks(b for b in reversed(blocks) if b is not self.pool.null_block)
+
+    def _free_outside_window(self, request_id: str, blocks: list[KVBlock],
+                             block_ids: list[int], num_computed: int) -> None:
+        """The next query (position num_computed) sees positions from
+        num_computed - window + 1 on: the blocks wholly before that go back to the pool."""
+        assert self.window is not None
+        first_needed = min(max(num_computed - self.window + 1, 0) // self.block_size,
+                           len(blocks))
+        done = self.req_to_num_freed.get(request_id, 0)
+        if first_needed <= done:
+            return
+        null = self.pool.null_block
+        stale = [i for i in range(done, first_needed) if blocks[i] is not null]
+        self.pool.free_blocks(blocks[i] for i in reversed(stale))
+        for i in stale:
+            blocks[i] = null
+            block_ids[i] = null.block_id
+        self.req_to_num_freed[request_id] = first_needed
 
     def get_block_ids(self, request_id: str) -> list[int]:
         return self.req_to_block_ids.get(request_id, [])
@@ -128,6 +158,7 @@ class KVCacheManager:
         )
 
     def _forget(self, request_id: str) -> None:
+        self.req_to_num_freed.pop(request_id, None)
         self.req_to_blocks.pop(request_id, None)
         self.req_to_block_ids.pop(request_id, None)
         self.req_to_num_cached.pop(request_id, None)

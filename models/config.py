@@ -207,4 +207,6 @@ def model_info(cfg: ModelArchConfig, dtype: str) -> ModelInfo:
         vocab_size=cfg.vocab_size, max_model_len=cfg.max_position_embeddings,
         num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_size=cfg.head_size,
         dtype=dtype, architecture=cfg.architecture,
+        kv_window=cfg.sliding_window if cfg.sliding_window is not None and all(
+            cfg.layer_window(i) is not None for i in range(cfg.num_layers)) else None,
     )

@@ -44,6 +44,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help='speculative decoding, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' or \'{"method": "draft_model", '
                         '"model": PATH, "num_speculative_tokens": 4}\'')
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="split the model over this many ranks (torch family: one process "
+                        "each on this host, gloo collectives on CPU)")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -55,4 +58,5 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         enable_prefix_caching=not args.no_prefix_caching,
         enable_chunked_prefill=not args.no_chunked_prefill, seed=args.seed,
         quantization=args.quantization, speculative_config=args.speculative_config,
+        tensor_parallel_size=args.tensor_parallel_size,
     )

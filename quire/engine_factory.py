@@ -88,7 +88,9 @@ def _spec_decoder(config: EngineConfig, executor_cls: type[Executor], plugins: Q
         _check_same_tokenizer(tokenizer, spec.model)
         # The draft model: a second executor of the same backend, its cache as many blocks
         # as the target's (smaller per block, as the model is smaller).
-        draft = _new_executor(executor_cls, config, plugins)
+        # (unsplit, in this process: a small model gains nothing from tensor parallelism)
+        draft = _new_executor(executor_cls, dataclasses.replace(config, tensor_parallel_size=1),
+                              plugins)
         draft_info = draft.load_model(spec.model, config.dtype)
         draft.allocate_kv_cache(num_blocks, block_size)
         logger.info("draft model %s (%s, %d layers), KV cache %.2f GiB", spec.model,
@@ -105,9 +107,11 @@ def _spec_decoder(config: EngineConfig, executor_cls: type[Executor], plugins: Q
 def _new_executor(executor_cls: type[Executor], config: EngineConfig,
                   plugins: QuirePlugins) -> Executor:
     methods = plugins.quantization_methods()
-    if methods:  # (executors written before plugin API 1.2 take two arguments)
-        return executor_cls(config, plugins.models(), methods)
-    return executor_cls(config, plugins.models())
+    # (executors written before plugin API 1.2 take two arguments)
+    args = (config, plugins.models(), methods) if methods else (config, plugins.models())
+    if config.tensor_parallel_size > 1:
+        return executor_cls.tensor_parallel(config, args)
+    return executor_cls(*args)
 
 
 def _check_same_tokenizer(tokenizer: HFTokenizer, draft_model: str) -> None:

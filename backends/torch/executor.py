@@ -3,8 +3,10 @@ and its AttentionImpl."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +29,8 @@ from quire.core.config import EngineConfig
 from quire.core.executor import Executor, ModelInfo, ModelOutput
 from quire.core.sizing import resolve_dtype
 from quire.models.config import model_info, parse_arch_config
+from quire.models.tensor_parallel import TPShard, plan
+from quire.models.weight_map import weight_target
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,17 @@ class TorchExecutor(Executor):
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler(config.seed)
         self.workspace = Workspace(self.device)
+        # Set by the tensor-parallel executor (multiproc.py) before load_model: this rank's
+        # place and its process group's collectives (parallel.Communicator).
+        self.tp: TPShard | None = None
+        self.comm = None
+
+    @classmethod
+    def tensor_parallel(cls, config: EngineConfig, args: tuple) -> Executor:
+        """One process per rank on this host (multiproc.py); gloo collectives."""
+        from quire.backends.torch.multiproc import MultiprocExecutor
+
+        return MultiprocExecutor(cls, config, args, config.tensor_parallel_size)
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
         start = time.perf_counter()
@@ -59,8 +74,13 @@ class TorchExecutor(Executor):
         dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
         max_len = self.config.max_model_len or cfg.max_position_embeddings
         torch.manual_seed(self.config.seed)
+        shard_plan = None
+        if self.tp is not None and self.tp.size > 1:
+            shard_plan = plan(cfg, self.tp)
+            weights = _sliced(weights, shard_plan)
         with self.device:
-            model = factory(cfg, self.attention_cls, max_len)
+            model = factory(cfg if shard_plan is None else shard_plan.local_config(),
+                            self.attention_cls, max_len)
         if method is not None and self.config.quantization == "int8":
             weights = quantize_dense(weights)
         if method is not None and not getattr(model, "supports_packed_weights", False):
@@ -68,6 +88,8 @@ class TorchExecutor(Executor):
         packed = model.load_weights(weights) or {}
         self.model = model.to(device=self.device, dtype=TORCH_DTYPES[dtype]).eval()
         self.info = model_info(cfg, dtype)
+        if shard_plan is not None:  # this rank's KV heads are what its cache holds
+            self.info = dataclasses.replace(self.info, num_kv_heads=shard_plan.num_kv_heads)
         quantized = ""
         if packed:
             assert method is not None
@@ -75,6 +97,11 @@ class TorchExecutor(Executor):
             formats = sorted({w.source for w in packed.values()})
             quantized = (f"; {len(packed)} weights kept quantized ({', '.join(formats)}): "
                          f"{nbytes / (1 << 20):.0f} MiB")
+        if shard_plan is not None:
+            from quire.backends.torch.parallel import parallelize
+
+            parallelize(self.model, shard_plan, self.comm)
+            quantized += f"; tensor-parallel rank {self.tp.rank} of {self.tp.size}"
         logger.info("loaded %s (%s) from %s in %.1fs%s", arch, dtype, model_path,
                     time.perf_counter() - start, quantized)
         return self.info
@@ -113,6 +140,8 @@ class TorchExecutor(Executor):
         if len(batch.logits_indices) == 0:
             return ModelOutput(np.zeros(0, dtype=np.int64), timings={"forward": t1 - t0})
         logits = self.model.compute_logits(hidden[torch.from_numpy(batch.logits_indices).long()])
+        if logits is None:  # a tensor-parallel rank other than 0: rank 0 samples
+            return ModelOutput(np.zeros(0, dtype=np.int64))
         t2 = time.perf_counter()
         return self.sample(logits, batch, {"forward": t1 - t0, "logits": t2 - t1})
 
@@ -151,3 +180,10 @@ class TorchExecutor(Executor):
     def shutdown(self) -> None:
         self.model = None
         self.kv_caches = []
+
+
+def _sliced(weights: Iterable[tuple[str, object]], shard_plan) -> Iterator[tuple[str, object]]:
+    """This rank's slice of every checkpoint tensor (quire.models.tensor_parallel)."""
+    for name, w in weights:
+        target = weight_target(name, shard_plan.cfg)
+        yield name, w if target is None else shard_plan.slice(target, w)

@@ -83,3 +83,38 @@ def test_prefix_caching_off():
     kv.allocate_slots(a, 9)
     assert kv.get_computed_blocks(req("b", list(range(9)))) == ([], 0)
     assert kv.pool.cached == {}
+
+
+def test_sliding_window_gives_back_blocks_before_the_window():
+    """window 6, blocks of 4: the query at position p sees p-5..p, so once p reaches 9
+    block 0 (positions 0-3) is out of every later window and goes back to the pool; the
+    table holds the null block there. Freeing the request skips the null entries."""
+    kv = KVCacheManager(num_blocks=10, block_size=4, window=6)
+    r = req("a", list(range(9)))
+    kv.allocate_slots(r, 9)
+    assert kv.get_block_ids("a") == [1, 2, 3]
+    r.num_computed_tokens = 9  # next query at position 9: needs positions 4..9
+    kv.allocate_slots(r, 1)
+    assert kv.get_block_ids("a") == [0, 2, 3]
+    assert kv.pool.blocks[1].ref_cnt == 0 and kv.stats().num_used_blocks == 2
+    r.num_computed_tokens = 12  # position 12 needs 7..12: block 1 (4-7) is still needed
+    kv.allocate_slots(r, 1)
+    assert kv.get_block_ids("a") == [0, 2, 3, 4]
+    r.num_computed_tokens = 14  # position 14 needs 9..14: block 1 goes
+    kv.allocate_slots(r, 1)
+    assert kv.get_block_ids("a") == [0, 0, 3, 4]
+    kv.free(r)
+    assert kv.stats().num_used_blocks == 0 and kv.pool.null_block.ref_cnt == 1
+    # The given-back blocks stay in the prefix cache: a request with the same prefix hits.
+    b = req("b", list(range(9)))
+    hits, _ = kv.get_computed_blocks(b)
+    assert [h.block_id for h in hits] == [1, 2]
+
+
+def test_no_window_keeps_every_block():
+    kv = KVCacheManager(num_blocks=10, block_size=4)
+    r = req("a", list(range(9)))
+    kv.allocate_slots(r, 9)
+    r.num_computed_tokens = 9
+    kv.allocate_slots(r, 4)
+    assert kv.get_block_ids("a") == [1, 2, 3, 4]

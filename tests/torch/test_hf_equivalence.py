@@ -27,6 +27,7 @@ def encode_all(llm: LLM) -> list[list[int]]:
     ("llama", {}),
     ("llama", {"tie_word_embeddings": True}),
     ("mistral", {}),
+    ("mistral", {"sliding_window": 8}),  # blocks before the window are given back
     ("qwen2", {}),
     ("qwen3", {}),
     ("gemma2", {}),
@@ -53,6 +54,28 @@ def test_greedy_matches_hf(model_factory, arch, kwargs):
     assert stats.num_preemptions > 0
     assert stats.prefix_cache_hits > 0
     assert stats.num_used_blocks == 0  # everything freed at the end
+    if kwargs.get("sliding_window"):
+        assert llm.engine.model_info.kv_window == kwargs["sliding_window"]
+
+
+def test_sliding_window_holds_only_the_window(model_factory):
+    """A model whose every layer slides (window 8) keeps only the blocks its next query can
+    see: a 70-token sequence in blocks of 4 never holds more than 4 of its 18 blocks, and
+    its output equals HF's."""
+    model_dir = model_factory("mistral", sliding_window=8)
+    llm = LLM(model_dir, dtype="float32", block_size=4, num_blocks=64)
+    prompt = llm.get_tokenizer().encode(PREFIX)
+    engine = llm.engine
+    engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=70 - len(prompt),
+                                              ignore_eos=True), request_id="r")
+    held, out = [], None
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            out = o
+        held.append(engine.stats().num_used_blocks)
+    assert max(held[1:]) <= 8 // 4 + 2 and held[-1] == 0
+    (ref, gaps), = hf_greedy(model_dir, [prompt], 70 - len(prompt))
+    assert assert_greedy_match(out.outputs[0].token_ids, ref, gaps) >= 20
 
 
 def test_greedy_matches_hf_roomy_cache_bf16_runs(model_factory):

@@ -155,8 +155,11 @@ class LlamaForCausalLM(nn.Module):
             x = layer(x, tables[layer.rope_index], kv_cache, md)
         return self.norm(x)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return soft_cap(self.lm_head(hidden).float(), self.cfg.final_soft_cap)
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """hidden [S, H] -> fp32 logits [S, V] (None on the ranks of a tensor-parallel model
+        other than 0, which alone samples)."""
+        logits = self.lm_head(hidden)
+        return None if logits is None else soft_cap(logits.float(), self.cfg.final_soft_cap)
 
     # -- weights ---------------------------------------------------------------------------
     # load_weights accepts quire.models.quant.PackedWeight for linear and embedding weights.

@@ -1,0 +1,260 @@
+"""The multi-process tensor-parallel executor of the torch family, behind the ordinary
+Executor contract: the core still hands one Batch per step to one executor.
+
+Rank 0 runs in the engine's process (the driver); ranks 1..N-1 are worker processes on this
+host (fresh interpreters running this module, so nothing is inherited and the user's
+script is never re-imported), each holding its slice of the model and of the KV cache (its
+KV heads). They talk over an authenticated local socket. Every call goes to all ranks: the
+driver sends it to each worker, then runs it itself; the ranks meet in the model's
+collectives (torch.distributed, gloo on CPU) and only rank 0 returns the sampled tokens.
+Each rank gets its share of the host's cores, so ranks do not fight for them.
+
+Faults: a worker that dies or stops answering fails the call with an error naming the
+rank (never a hang: the collectives time out too), and shutdown() — also run at exit —
+stops every worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from typing import Any
+
+from quire.core.batch import Batch
+from quire.core.config import EngineConfig
+from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
+from quire.models.tensor_parallel import TPShard
+
+logger = logging.getLogger(__name__)
+
+# Seconds a rank waits in a collective or for a worker's answer before failing the call.
+TIMEOUT_S = float(os.environ.get("QUIRE_TP_TIMEOUT_S", "120"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_main(port: int) -> None:
+    """A worker process: connect to the driver (authkey on stdin), receive its rank's
+    setup, then serve."""
+    authkey = bytes.fromhex(sys.stdin.readline().strip())
+    conn = Connection(socket.create_connection(("127.0.0.1", port)).detach())
+    answer_challenge(conn, authkey)
+    deliver_challenge(conn, authkey)
+    _worker(*conn.recv(), conn)
+
+
+def _join_group(executor: Any, shard: TPShard, init_method: str, threads: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from quire.backends.torch.parallel import Communicator
+
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=init_method, rank=shard.rank,
+                            world_size=shard.size,
+                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    executor.tp = shard
+    executor.comm = Communicator(shard.rank, shard.size)
+
+
+def _worker(executor_cls: type, args: tuple, shard: TPShard, init_method: str, threads: int,
+            conn: Connection) -> None:
+    """A worker rank: build the executor, join the group, then serve calls until told to
+    stop (or the driver goes away)."""
+    try:
+        executor = executor_cls(*args)
+        conn.send(("ok", None))  # built: the driver may now open the group
+        _join_group(executor, shard, init_method, threads)
+    except BaseException:  # report why this rank could not start, then exit
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            method, call_args = conn.recv()
+        except (EOFError, OSError):  # the driver is gone
+            break
+        if method == "shutdown":
+            break
+        try:
+            result = getattr(executor, method)(*call_args)
+            # Workers answer every call but execute (rank 0 alone returns its output).
+            if method != "execute":
+                conn.send(("ok", result))
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
+    executor.shutdown()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class MultiprocExecutor(Executor):
+    """N ranks of executor_cls (a TorchExecutor subclass), this process being rank 0."""
+
+    def __init__(self, executor_cls: type, config: EngineConfig, args: tuple,
+                 world_size: int) -> None:
+        super().__init__(config)
+        self.executor_cls = executor_cls
+        self.world_size = world_size
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        threads = max(1, (os.cpu_count() or 1) // world_size)
+        self.procs: list[subprocess.Popen] = []
+        self.conns: list[Connection] = []
+        self.closed = False
+        atexit.register(self.shutdown)
+        authkey = secrets.token_bytes(32)
+        server = socket.create_server(("127.0.0.1", 0))
+        try:
+            for rank in range(1, world_size):
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", "from quire.backends.torch.multiproc import "
+                     f"worker_main; worker_main({server.getsockname()[1]})"],
+                    stdin=subprocess.PIPE, text=True)
+                proc.stdin.write(authkey.hex() + "\n")
+                proc.stdin.close()
+                self.procs.append(proc)
+                conn = self._accept(server, proc, rank)
+                deliver_challenge(conn, authkey)
+                answer_challenge(conn, authkey)
+                conn.send((executor_cls, args, TPShard(rank, world_size), init_method,
+                           threads))
+                self.conns.append(conn)
+        except BaseException:
+            self.shutdown()
+            raise
+        finally:
+            server.close()
+        self.driver = executor_cls(*args)
+        try:
+            self._answers()  # every worker built its executor
+            _join_group(self.driver, TPShard(0, world_size), init_method, threads)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """The rank executor's (an instance method here: the class wraps any of them)."""
+        return self.executor_cls.capabilities()
+
+    def _accept(self, server: socket.socket, proc: subprocess.Popen, rank: int) -> Connection:
+        server.settimeout(1.0)
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                sock, _ = server.accept()
+                sock.setblocking(True)
+                return Connection(sock.detach())
+            except TimeoutError:
+                if proc.poll() is not None:
+                    raise RuntimeError(self._death_message(rank)) from None
+        raise RuntimeError(f"tensor-parallel rank {rank} did not start in {TIMEOUT_S:.0f} s")
+
+    # -- calls on every rank ----------------------------------------------------------------
+    def _call(self, method: str, *args: Any) -> Any:
+        """Run a call on every rank. A failure on any rank leaves the ranks out of step, so
+        it stops them all (the engine cannot go on) and raises."""
+        if self.closed:
+            raise RuntimeError("the tensor-parallel executor has shut down (after a failure "
+                               "or shutdown()); start a new engine")
+        try:
+            self._check_alive()
+            for conn in self.conns:
+                conn.send((method, args))
+            result = getattr(self.driver, method)(*args)
+            if method != "execute":
+                self._answers()
+            return result
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _answers(self) -> list[Any]:
+        results = []
+        for rank, conn in enumerate(self.conns, start=1):
+            if not conn.poll(TIMEOUT_S):
+                raise RuntimeError(f"tensor-parallel rank {rank} did not answer in "
+                                   f"{TIMEOUT_S:.0f} s")
+            try:
+                status, value = conn.recv()
+            except (EOFError, OSError) as exc:
+                raise RuntimeError(self._death_message(rank)) from exc
+            if status == "error":
+                raise RuntimeError(f"tensor-parallel rank {rank} failed:\n{value}")
+            results.append(value)
+        return results
+
+    def _check_alive(self) -> None:
+        for rank, proc in enumerate(self.procs, start=1):
+            if proc.poll() is not None:
+                raise RuntimeError(self._death_message(rank))
+
+    def _death_message(self, rank: int) -> str:
+        code = self.procs[rank - 1].poll()
+        return (f"tensor-parallel worker rank {rank} died (exit code {code}); the engine "
+                "cannot continue: restart it")
+
+    # -- the Executor contract ---------------------------------------------------------------
+    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
+        self.info = self._call("load_model", model_path, dtype)
+        return self.info
+
+    def kv_cache_bytes_per_block(self, block_size: int) -> int:
+        return self.driver.kv_cache_bytes_per_block(block_size)
+
+    def profile_num_blocks(self, block_size: int, memory_bytes: int) -> int:
+        return self.driver.profile_num_blocks(block_size, memory_bytes)
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        self._call("allocate_kv_cache", num_blocks, block_size)
+
+    def execute(self, batch: Batch) -> ModelOutput:
+        procs = list(self.procs)
+        try:
+            return self._call("execute", batch)
+        except RuntimeError as exc:  # a collective failed: say which rank is gone, if one is
+            dead = [r for r, p in enumerate(procs, start=1)
+                    if p.returncode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"tensor-parallel worker rank {dead[0]} died (exit code "
+                                   f"{procs[dead[0] - 1].returncode}); the engine cannot "
+                                   "continue: restart it") from exc
+            raise
+
+    def shutdown(self) -> None:
+        self.closed = True
+        for conn in self.conns:
+            try:
+                conn.send(("shutdown", ()))
+            except (OSError, ValueError):
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for conn in self.conns:
+            conn.close()
+        self.procs, self.conns = [], []
+        driver = getattr(self, "driver", None)
+        if driver is not None:
+            driver.shutdown()
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        atexit.unregister(self.shutdown)

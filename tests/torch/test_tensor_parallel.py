@@ -1,0 +1,76 @@
+"""Tensor parallelism in the torch family (cpu backend, one process per rank, gloo):
+greedy tokens equal one device for every architecture, KV heads replicated where ranks
+outnumber them, clear refusals, and no worker left behind after a fault."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from quire import LLM, SamplingParams
+
+PROMPTS = ["Hello world", "the scheduler serves paged attention blocks to every request", "a"]
+PARAMS = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+
+
+def _greedy(llm: LLM) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+
+
+def _engine(model_dir: str, tp: int) -> LLM:
+    # num_blocks small enough that preemption may happen, prefix hits do (shared prompts)
+    return LLM(model_dir, dtype="float32", block_size=8, num_blocks=64,
+               max_num_batched_tokens=32, tensor_parallel_size=tp)
+
+
+@pytest.mark.parametrize("arch,tp,kwargs", [
+    ("llama", 2, {}),  # GQA 4:2 -> one KV head per rank
+    ("llama", 2, {"num_kv_heads": 1}),  # MQA: the KV head replicated
+    ("llama", 4, {"num_heads": 8, "num_kv_heads": 2}),  # GQA 8:2 at TP=4: replicated
+    ("qwen2", 2, {}),  # qkv bias split with the heads
+    ("gemma2", 2, {}),  # tied embedding and head split by vocabulary, soft-caps, windows
+    ("phi3", 2, {}),  # fused qkv / gate_up checkpoints
+    ("mixtral", 2, {}),  # experts split by intermediate size
+    ("qwen3_moe", 2, {}),  # dense and MoE layers
+])
+def test_tensor_parallel_greedy_equals_one_device(model_factory, arch, tp, kwargs):
+    model_dir = model_factory(arch, **kwargs)
+    ref = _greedy(_engine(model_dir, 1))
+    llm = _engine(model_dir, tp)
+    try:
+        assert llm.engine.model_info.vocab_size == _engine(model_dir, 1).engine \
+            .model_info.vocab_size
+        assert _greedy(llm) == ref
+        assert llm.engine.stats().num_used_blocks == 0
+    finally:
+        llm.engine.shutdown()
+    assert all(p.poll() is not None for p in llm.engine.executor.procs) and \
+        not llm.engine.executor.procs
+
+
+def test_sizes_that_do_not_divide_are_refused(model_factory):
+    with pytest.raises(ValueError, match="tensor_parallel_size 3 does not divide"):
+        _engine(model_factory("llama"), 3)
+
+
+def test_backend_without_tensor_parallelism_refuses(model_factory):
+    with pytest.raises(ValueError, match="does not run tensor parallelism"):
+        LLM(model_factory("llama"), backend="tpu", dtype="float32", block_size=16,
+            num_blocks=16, tensor_parallel_size=2)
+
+
+def test_killed_worker_fails_the_call_and_leaves_nothing(model_factory):
+    llm = _engine(model_factory("llama"), 2)
+    executor = llm.engine.executor
+    procs = list(executor.procs)
+    assert _greedy(llm)
+    os.kill(procs[0].pid, signal.SIGKILL)
+    procs[0].wait(timeout=10)
+    # the step fails with an error naming the dead rank, never a hang
+    with pytest.raises(RuntimeError, match="worker rank 1 died"):
+        llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(RuntimeError, match="shut down"):
+        executor.execute(None)
