@@ -7,6 +7,7 @@ from quire.backends.cpu import quant_native
 from quire.backends.cpu.attention import CpuAttention
 from quire.backends.cpu.fused import fuse_elementwise
 from quire.backends.cpu.linear import pack_linears
+from quire.backends.cpu.moe import pack_experts
 from quire.backends.cpu.quant_native import CpuQuantKernel
 from quire.backends.torch.executor import TorchExecutor
 from quire.core.executor import Capabilities, ModelInfo
@@ -33,5 +34,6 @@ class CpuExecutor(TorchExecutor):
         info = super().load_model(model_path, dtype)
         assert self.model is not None
         pack_linears(self.model)  # oneDNN-packed weights: see backends/cpu/linear.py
+        pack_experts(self.model)  # the same for each expert: moe.py
         fuse_elementwise(self.model)  # one-pass norms, activation, rope: fused.py
         return info

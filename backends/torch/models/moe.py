@@ -9,6 +9,8 @@ Dimensions: T tokens, H hidden, E experts, I expert intermediate size, k experts
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,25 +33,34 @@ def gated(x: torch.Tensor, act: str) -> torch.Tensor:
     return g * up
 
 
-def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,
-              ids: torch.Tensor, act: str = "silu") -> torch.Tensor:
-    """x [T, H]; w13 [E, 2I, H]; w2 [E, H, I]; weights, ids [T, k] -> [T, H] in x's dtype.
-    The reference semantics: sum over j of weights[t, j] * expert_{ids[t, j]}(x[t])."""
+def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                    num_experts: int, run: Callable[[int, torch.Tensor], torch.Tensor]
+                    ) -> torch.Tensor:
+    """x [T, H]; weights, ids [T, k] -> [T, H]: sum over j of weights[t, j] *
+    run(ids[t, j], x[t]), with run(expert, rows [n, H]) -> [n, H] called once per expert
+    that has tokens, on all of them at once."""
     num_tokens, top_k = ids.shape
     flat = ids.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=w13.shape[0]).tolist()
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
     token_of = order // top_k
     xs = x[token_of]
     out = torch.empty_like(xs)
     start = 0
     for expert, count in enumerate(counts):
         if count:
-            seg = slice(start, start + count)
-            out[seg] = F.linear(gated(F.linear(xs[seg], w13[expert]), act), w2[expert])
+            out[start : start + count] = run(expert, xs[start : start + count])
             start += count
     out = out * weights.reshape(-1)[order].unsqueeze(1).to(out.dtype)
     return torch.zeros_like(x).index_add_(0, token_of, out)
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,
+              ids: torch.Tensor, act: str = "silu") -> torch.Tensor:
+    """x [T, H]; w13 [E, 2I, H]; w2 [E, H, I]; weights, ids [T, k] -> [T, H] in x's dtype.
+    The reference semantics: sum over j of weights[t, j] * expert_{ids[t, j]}(x[t])."""
+    return grouped_experts(x, weights, ids, w13.shape[0], lambda e, rows: F.linear(
+        gated(F.linear(rows, w13[e]), act), w2[e]))
 
 
 class MoEExperts(nn.Module):
