@@ -51,6 +51,7 @@ class TpuExecutor(Executor):
         self.cfg: ModelArchConfig | None = None
         self._step = None
         self._key = jax.random.key(config.seed)
+        self.mesh = None  # a jax.sharding.Mesh under tensor parallelism (sharding.py)
         if jax.default_backend() != "tpu":
             logger.warning("no TPU here: the tpu backend runs on JAX's %s device with %s "
                            "attention (for testing; slow)", jax.default_backend(),
@@ -67,6 +68,16 @@ class TpuExecutor(Executor):
             max_num_seqs=REQUEST_BUCKETS[-1],
             fixed_block_table_width=True,  # one compiled shape per bucket pair
         )
+
+    @classmethod
+    def tensor_parallel(cls, config: EngineConfig, args: tuple) -> Executor:
+        """One process, a device mesh of tensor_parallel_size devices (sharding.py)."""
+        from quire.backends.tpu.sharding import make_mesh
+
+        mesh = make_mesh(config.tensor_parallel_size)
+        executor = cls(*args)
+        executor.mesh = mesh
+        return executor
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
         from quire.models.checkpoint import open_checkpoint
@@ -94,6 +105,10 @@ class TpuExecutor(Executor):
         cfg = parse_arch_config(raw, arch)
         dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
         self.params = llama.load_params(cfg, weights, JAX_DTYPES[dtype])
+        if self.mesh is not None:
+            from quire.backends.tpu.sharding import shard_params
+
+            self.params = shard_params(self.params, self.mesh)
         self.cfg = cfg
         self.info = model_info(cfg, dtype)
         logger.info("loaded %s (%s) from %s in %.1fs on %s", arch, dtype, model_path,
@@ -106,10 +121,17 @@ class TpuExecutor(Executor):
         dtype = JAX_DTYPES[self.info.dtype]
         self.kv_caches = [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
                           for _ in range(self.info.num_layers)]
+        if self.mesh is not None:
+            from quire.backends.tpu.sharding import cache_sharding, per_shard_attention
+
+            self.kv_caches = jax.device_put(self.kv_caches,
+                                            cache_sharding(self.mesh, self.info.num_kv_heads))
         cfg = self.cfg
         attention = [make_attention(self.attention_choice, cfg.attn_scale or cfg.head_size**-0.5,
                                     cfg.layer_window(i), cfg.attn_soft_cap, self.kernel_params)
                      for i in range(cfg.num_layers)]
+        if self.mesh is not None and self.attention_choice != "reference":
+            attention = [per_shard_attention(a, self.mesh, cfg.num_kv_heads) for a in attention]
         forward = functools.partial(llama.forward, cfg=cfg, attention=attention,
                                     write_kv=reference.write_kv)
         self._step = jax.jit(functools.partial(_step, forward, cfg.final_soft_cap),

@@ -55,8 +55,17 @@ def test_sizes_that_do_not_divide_are_refused(model_factory):
         _engine(model_factory("llama"), 3)
 
 
-def test_backend_without_tensor_parallelism_refuses(model_factory):
+def test_backend_without_tensor_parallelism_refuses():
+    from quire.core.config import EngineConfig
+    from tests.core.fakes import CountingExecutor
+
+    config = EngineConfig(tensor_parallel_size=2)
     with pytest.raises(ValueError, match="does not run tensor parallelism"):
+        CountingExecutor.tensor_parallel(config, (config,))
+
+
+def test_jax_family_without_enough_devices_says_how(model_factory):
+    with pytest.raises(ValueError, match="xla_force_host_platform_device_count=2"):
         LLM(model_factory("llama"), backend="tpu", dtype="float32", block_size=16,
             num_blocks=16, tensor_parallel_size=2)
 
