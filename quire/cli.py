@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--tool-call-parser", default="hermes",
                      choices=["hermes", "qwen", "llama3_json", "mistral"],
                      help="how the model writes tool calls (default hermes: <tool_call> JSON)")
+    srv.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                     help="engine replicas (processes) behind this server, routed by load "
+                          "and shared prompt prefixes (default 1)")
     srv.set_defaults(func=_cmd_serve)
 
     chat = sub.add_parser("chat", help="chat with a model in the terminal",

@@ -63,14 +63,19 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
         cache_config=CacheConfig(num_blocks=num_blocks, block_size=block_size,
                                  enable_prefix_caching=config.enable_prefix_caching),
         backend_name=status.spec.name,
-        # The grammar engine reads its own copy of the tokenizer (built on first use, on the
-        # compile thread): Rust tokenizers are not shared across threads.
-        structured_outputs=StructuredOutputManager(
-            functools.partial(LLGuidanceBackend, copy.deepcopy(tokenizer.hf), info.vocab_size),
-            info.vocab_size, tokenizer.eos_token_id),
+        structured_outputs=structured_manager(tokenizer, info),
         speculative=_spec_decoder(config, executor_cls, plugins, tokenizer, info,
                                   num_blocks, block_size, max_model_len, max_tokens),
     )
+
+
+def structured_manager(tokenizer: HFTokenizer, info: ModelInfo) -> StructuredOutputManager:
+    """The structured-output manager of an engine over this tokenizer and model. The grammar
+    engine reads its own copy of the tokenizer (built on first use, on the compile thread):
+    Rust tokenizers are not shared across threads."""
+    return StructuredOutputManager(
+        functools.partial(LLGuidanceBackend, copy.deepcopy(tokenizer.hf), info.vocab_size),
+        info.vocab_size, tokenizer.eos_token_id)
 
 
 def _spec_decoder(config: EngineConfig, executor_cls: type[Executor], plugins: QuirePlugins,

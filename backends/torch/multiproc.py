@@ -20,18 +20,16 @@ import atexit
 import datetime
 import logging
 import os
-import secrets
 import socket
 import subprocess
-import sys
-import time
 import traceback
-from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection
 from typing import Any
 
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
+from quire.core.process_link import spawn, stop
 from quire.models.tensor_parallel import TPShard
 
 logger = logging.getLogger(__name__)
@@ -46,13 +44,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_main(port: int) -> None:
-    """A worker process: connect to the driver (authkey on stdin), receive its rank's
-    setup, then serve."""
-    authkey = bytes.fromhex(sys.stdin.readline().strip())
-    conn = Connection(socket.create_connection(("127.0.0.1", port)).detach())
-    answer_challenge(conn, authkey)
-    deliver_challenge(conn, authkey)
+def serve_rank(conn: Connection) -> None:
+    """A worker process (quire.core.process_link): receive its rank's setup, then serve."""
     _worker(*conn.recv(), conn)
 
 
@@ -116,28 +109,16 @@ class MultiprocExecutor(Executor):
         self.conns: list[Connection] = []
         self.closed = False
         atexit.register(self.shutdown)
-        authkey = secrets.token_bytes(32)
-        server = socket.create_server(("127.0.0.1", 0))
         try:
             for rank in range(1, world_size):
-                proc = subprocess.Popen(
-                    [sys.executable, "-c", "from quire.backends.torch.multiproc import "
-                     f"worker_main; worker_main({server.getsockname()[1]})"],
-                    stdin=subprocess.PIPE, text=True)
-                proc.stdin.write(authkey.hex() + "\n")
-                proc.stdin.close()
+                proc, conn = spawn("quire.backends.torch.multiproc:serve_rank", TIMEOUT_S)
                 self.procs.append(proc)
-                conn = self._accept(server, proc, rank)
-                deliver_challenge(conn, authkey)
-                answer_challenge(conn, authkey)
+                self.conns.append(conn)
                 conn.send((executor_cls, args, TPShard(rank, world_size), init_method,
                            threads))
-                self.conns.append(conn)
         except BaseException:
             self.shutdown()
             raise
-        finally:
-            server.close()
         self.driver = executor_cls(*args)
         try:
             self._answers()  # every worker built its executor
@@ -149,19 +130,6 @@ class MultiprocExecutor(Executor):
     def capabilities(self) -> Capabilities:  # type: ignore[override]
         """The rank executor's (an instance method here: the class wraps any of them)."""
         return self.executor_cls.capabilities()
-
-    def _accept(self, server: socket.socket, proc: subprocess.Popen, rank: int) -> Connection:
-        server.settimeout(1.0)
-        deadline = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                sock, _ = server.accept()
-                sock.setblocking(True)
-                return Connection(sock.detach())
-            except TimeoutError:
-                if proc.poll() is not None:
-                    raise RuntimeError(self._death_message(rank)) from None
-        raise RuntimeError(f"tensor-parallel rank {rank} did not start in {TIMEOUT_S:.0f} s")
 
     # -- calls on every rank ----------------------------------------------------------------
     def _call(self, method: str, *args: Any) -> Any:
@@ -236,19 +204,8 @@ class MultiprocExecutor(Executor):
 
     def shutdown(self) -> None:
         self.closed = True
-        for conn in self.conns:
-            try:
-                conn.send(("shutdown", ()))
-            except (OSError, ValueError):
-                pass
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for conn in self.conns:
-            conn.close()
+        for proc, conn in zip(self.procs, self.conns):
+            stop(proc, conn, ("shutdown", ()))
         self.procs, self.conns = [], []
         driver = getattr(self, "driver", None)
         if driver is not None:

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quire import __version__
 from quire.server import chat, handlers
-from quire.server.async_engine import AsyncEngine, EngineOverloaded
+from quire.server.async_engine import EngineOverloaded, StreamingEngine
 from quire.server.guards import ApiKeyGuard, BodySizeLimit
 from quire.server.protocol import (
     ChatCompletionRequest,
@@ -27,13 +27,14 @@ from quire.server.tool_parsers import get_parser
 DEFAULT_MAX_REQUEST_BYTES = 8 << 20
 
 
-def build_app(engine: AsyncEngine, model_name: str, *, api_key: str | None = None,
+def build_app(engine: StreamingEngine, model_name: str, *, api_key: str | None = None,
               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
               tool_call_parser: str = "hermes") -> FastAPI:
-    """The OpenAI-compatible app over a running AsyncEngine. api_key: every /v1/* route
-    then requires `Authorization: Bearer <api_key>`. max_request_bytes: larger bodies get
-    413 before they are read. tool_call_parser: the tool-call format of the model's chat
-    template (quire.server.tool_parsers.PARSERS)."""
+    """The OpenAI-compatible app over a running StreamingEngine (an AsyncEngine, or a
+    DataParallelEngine of replicas). api_key: every /v1/* route then requires
+    `Authorization: Bearer <api_key>`. max_request_bytes: larger bodies get 413 before
+    they are read. tool_call_parser: the tool-call format of the model's chat template
+    (quire.server.tool_parsers.PARSERS)."""
     app = FastAPI(title="quire", version=__version__)
     tokenizer = copy.copy(engine.tokenizer)
     tokenizer.hf = copy.deepcopy(engine.tokenizer.hf)  # Rust tokenizers: one per thread
@@ -70,6 +71,8 @@ def build_app(engine: AsyncEngine, model_name: str, *, api_key: str | None = Non
 
     @app.get("/health")
     async def health() -> Response:
+        if engine.failure is not None:
+            return error_response(503, engine.failure, "service_unavailable")
         return Response(status_code=200)
 
     @app.get("/version")

@@ -1,5 +1,7 @@
-"""AsyncEngine: one thread steps the engine; asyncio handlers submit requests and await
-their outputs. Only the engine thread touches the LLMEngine."""
+"""What the server's handlers talk to: a StreamingEngine takes requests from asyncio
+handlers and streams each one's outputs back to them. AsyncEngine: one thread steps a local
+LLMEngine (only that thread touches it); data_parallel.DataParallelEngine: replicas in
+processes of their own."""
 
 from __future__ import annotations
 
@@ -11,9 +13,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from quire.core.engine import LLMEngine
+from quire.core.executor import ModelInfo
 from quire.core.outputs import RequestOutput
+from quire.core.prompt_limits import PromptLimits
 from quire.core.sampling_params import SamplingParams
+from quire.core.structured_outputs import StructuredOutputManager
 from quire.server.metrics import Metrics
+from quire.tokenizer import HFTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -30,24 +36,23 @@ class _Stream:
     num_tokens: int = 0
 
 
-class AsyncEngine:
-    def __init__(self, engine: LLMEngine, max_waiting_requests: int | None = None) -> None:
-        self.engine = engine  # touched by the engine thread only, once it has started
+class StreamingEngine:
+    """The handlers' side of an engine: submit, stream outputs back, abort. Subclasses set
+    the immutable facts (model_info, limits, tokenizer, structured) and implement _submit,
+    abort, num_waiting and shutdown; they hand outputs to _deliver and errors to _send
+    from any thread."""
+
+    model_info: ModelInfo
+    limits: PromptLimits
+    tokenizer: HFTokenizer  # the engine's; others take a copy
+    structured: StructuredOutputManager | None  # thread-safe: compiles and validates
+
+    def __init__(self, max_waiting_requests: int | None) -> None:
         self.max_waiting_requests = max_waiting_requests
-        # Immutable facts other threads may read.
-        self.model_info = engine.model_info
-        self.limits = engine.limits
-        self.tokenizer = engine.tokenizer  # the engine thread's; others take a copy
-        self.structured = engine.structured  # thread-safe: compiles and validates
-        self._num_waiting = 0  # published by the engine thread after every step
         self.metrics = Metrics()
-        self._cv = threading.Condition()
-        self._adds: list[tuple[str, Sequence[int], SamplingParams]] = []
-        self._aborts: list[str] = []
+        self.failure: str | None = None  # why the engine cannot serve (health turns 503)
         self._streams: dict[str, _Stream] = {}
-        self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="quire-engine", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
 
     # -- called from the event loop --------------------------------------------------------
     def generate(self, request_id: str, prompt_ids: Sequence[int],
@@ -57,16 +62,27 @@ class AsyncEngine:
         disconnect cancels the handler) aborts the request and frees its KV blocks.
         Call from the event loop."""
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), time.monotonic())
-        with self._cv:
-            if (self.max_waiting_requests is not None
-                    and self.num_waiting() + len(self._adds) >= self.max_waiting_requests):
-                raise EngineOverloaded(
-                    f"server overloaded: {self.max_waiting_requests} requests are already "
-                    "waiting; retry later")
-            self._streams[request_id] = stream
-            self._adds.append((request_id, prompt_ids, params))
-            self._cv.notify()
+        self._submit(request_id, prompt_ids, params, stream)
         return self._outputs(request_id, stream)
+
+    def _check_overload(self, queued: int) -> None:
+        if self.max_waiting_requests is not None and queued >= self.max_waiting_requests:
+            raise EngineOverloaded(
+                f"server overloaded: {self.max_waiting_requests} requests are already "
+                "waiting; retry later")
+
+    def _submit(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
+                stream: _Stream) -> None:
+        raise NotImplementedError
+
+    def abort(self, request_id: str) -> None:
+        raise NotImplementedError
+
+    def num_waiting(self) -> int:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
 
     async def _outputs(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
         finished = False
@@ -82,6 +98,61 @@ class AsyncEngine:
         finally:
             if not finished:
                 self.abort(request_id)
+
+    # -- called from any thread --------------------------------------------------------------
+    def _deliver(self, out: RequestOutput) -> None:
+        with self._lock:
+            stream = self._streams.get(out.request_id)
+        if stream is None:
+            return
+        now = time.monotonic()
+        num_tokens = sum(len(c.token_ids) for c in out.outputs)
+        if num_tokens > stream.num_tokens:
+            if stream.num_tokens:
+                gap = (now - stream.last_time) / (num_tokens - stream.num_tokens)
+                self.metrics.inter_token_latency.observe(gap)
+            stream.num_tokens, stream.last_time = num_tokens, now
+        if out.finished:
+            self.metrics.observe_finished(out, now)
+        self._send(out.request_id, out)
+
+    def _send(self, request_id: str, item: RequestOutput | Exception) -> None:
+        with self._lock:
+            stream = self._streams.get(request_id)
+            if stream is None:
+                return
+            if isinstance(item, Exception) or item.finished:
+                self._streams.pop(request_id, None)
+        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+
+class AsyncEngine(StreamingEngine):
+    """One thread steps a local LLMEngine."""
+
+    def __init__(self, engine: LLMEngine, max_waiting_requests: int | None = None) -> None:
+        super().__init__(max_waiting_requests)
+        self.engine = engine  # touched by the engine thread only, once it has started
+        # Immutable facts other threads may read.
+        self.model_info = engine.model_info
+        self.limits = engine.limits
+        self.tokenizer = engine.tokenizer
+        self.structured = engine.structured
+        self._num_waiting = 0  # published by the engine thread after every step
+        self._cv = threading.Condition()
+        self._adds: list[tuple[str, Sequence[int], SamplingParams]] = []
+        self._aborts: list[str] = []
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="quire-engine", daemon=True)
+        self._thread.start()
+
+    def _submit(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
+                stream: _Stream) -> None:
+        with self._cv:
+            self._check_overload(self.num_waiting() + len(self._adds))
+            with self._lock:
+                self._streams[request_id] = stream
+            self._adds.append((request_id, prompt_ids, params))
+            self._cv.notify()
 
     def abort(self, request_id: str) -> None:
         with self._cv:
@@ -114,14 +185,19 @@ class AsyncEngine:
                 self._add(request_id, prompt_ids, params)
             for request_id in aborts:
                 self.engine.abort_request(request_id)
-                if self._streams.pop(request_id, None) is not None:
+                with self._lock:
+                    aborted = self._streams.pop(request_id, None) is not None
+                if aborted:
                     self.metrics.observe_abort()
             try:
                 outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
             except Exception as exc:  # the engine is broken: fail every open stream
                 logger.exception("engine step failed")
-                for rid in list(self._streams):
-                    self._send(rid, RuntimeError(f"engine failure: {exc}"))
+                self.failure = f"engine failure: {exc}"
+                with self._lock:
+                    open_ids = list(self._streams)
+                for rid in open_ids:
+                    self._send(rid, RuntimeError(self.failure))
                 continue
             for out in outputs:
                 self._deliver(out)
@@ -135,26 +211,3 @@ class AsyncEngine:
             self.engine.add_request(prompt_ids, params, request_id=request_id)
         except (ValueError, TypeError) as exc:
             self._send(request_id, exc)
-
-    def _deliver(self, out: RequestOutput) -> None:
-        stream = self._streams.get(out.request_id)
-        if stream is None:
-            return
-        now = time.monotonic()
-        num_tokens = sum(len(c.token_ids) for c in out.outputs)
-        if num_tokens > stream.num_tokens:
-            if stream.num_tokens:
-                gap = (now - stream.last_time) / (num_tokens - stream.num_tokens)
-                self.metrics.inter_token_latency.observe(gap)
-            stream.num_tokens, stream.last_time = num_tokens, now
-        if out.finished:
-            self.metrics.observe_finished(out, now)
-        self._send(out.request_id, out)
-
-    def _send(self, request_id: str, item: RequestOutput | Exception) -> None:
-        stream = self._streams.get(request_id)
-        if stream is None:
-            return
-        if isinstance(item, Exception) or item.finished:
-            self._streams.pop(request_id, None)
-        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)

@@ -40,6 +40,8 @@ class Histogram:
 class Metrics:
     def __init__(self) -> None:
         self.stats: EngineStats | None = None
+        # Data parallelism: each replica's own figures (None for one not yet reporting).
+        self.replica_stats: list[EngineStats | None] = []
         self.finished: dict[str, int] = {}
         self.time_to_first_token = Histogram(
             "quire:time_to_first_token_seconds", "Time from arrival to the first token.")
@@ -50,8 +52,13 @@ class Metrics:
         self.queue_time = Histogram(
             "quire:request_queue_time_seconds", "Time from arrival to first scheduling.")
 
-    def observe_engine(self, stats: EngineStats) -> None:
+    def observe_engine(self, stats: EngineStats,
+                       replica_stats: list[EngineStats | None] | None = None) -> None:
+        """stats: the engine's (the sums over replicas under data parallelism, with each
+        replica's in replica_stats)."""
         self.stats = stats
+        if replica_stats is not None:
+            self.replica_stats = list(replica_stats)
 
     def observe_finished(self, out: RequestOutput, now: float) -> None:
         m = out.metrics
@@ -71,24 +78,16 @@ class Metrics:
         s = self.stats
         lines: list[str] = []
 
-        def metric(name: str, kind: str, doc: str, value: float) -> None:
-            lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name} {value}"])
+        replicas = [(i, r) for i, r in enumerate(self.replica_stats) if r is not None]
+
+        def metric(name: str, kind: str, doc: str, field: str) -> None:
+            lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} {kind}",
+                          f"{name} {getattr(s, field)}"])
+            lines.extend(f'{name}{{replica="{i}"}} {getattr(r, field)}' for i, r in replicas)
 
         if s is not None:
-            metric("quire:num_requests_running", "gauge", "Requests running.", s.num_running)
-            metric("quire:num_requests_waiting", "gauge", "Requests waiting.", s.num_waiting)
-            metric("quire:kv_cache_usage_perc", "gauge", "Fraction of KV blocks in use.",
-                   s.kv_cache_usage)
-            metric("quire:kv_cache_used_blocks", "gauge", "KV blocks in use.", s.num_used_blocks)
-            metric("quire:prefix_cache_queries_total", "counter",
-                   "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries)
-            metric("quire:prefix_cache_hits_total", "counter",
-                   "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
-            metric("quire:num_preemptions_total", "counter", "Preemptions.", s.num_preemptions)
-            metric("quire:prompt_tokens_total", "counter", "Prefilled prompt tokens.",
-                   s.num_prompt_tokens)
-            metric("quire:generation_tokens_total", "counter", "Generated tokens.",
-                   s.num_generation_tokens)
+            for name, kind, doc, field in _ENGINE_METRICS:
+                metric(name, kind, doc, field)
             if s.spec_decode is not None:
                 lines.extend(_spec_decode_lines(s.spec_decode))
         lines += ["# HELP quire:request_success_total Finished sequences by finish reason.",
@@ -100,6 +99,22 @@ class Metrics:
             lines += h.render()
         lines.append(f"# scraped at {time.time():.3f}")
         return "\n".join(lines) + "\n"
+
+
+# (name, kind, help, EngineStats field) of the engine's own figures.
+_ENGINE_METRICS = [
+    ("quire:num_requests_running", "gauge", "Requests running.", "num_running"),
+    ("quire:num_requests_waiting", "gauge", "Requests waiting.", "num_waiting"),
+    ("quire:kv_cache_usage_perc", "gauge", "Fraction of KV blocks in use.", "kv_cache_usage"),
+    ("quire:kv_cache_used_blocks", "gauge", "KV blocks in use.", "num_used_blocks"),
+    ("quire:prefix_cache_queries_total", "counter",
+     "Prompt tokens looked up in the prefix cache.", "prefix_cache_queries"),
+    ("quire:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.",
+     "prefix_cache_hits"),
+    ("quire:num_preemptions_total", "counter", "Preemptions.", "num_preemptions"),
+    ("quire:prompt_tokens_total", "counter", "Prefilled prompt tokens.", "num_prompt_tokens"),
+    ("quire:generation_tokens_total", "counter", "Generated tokens.", "num_generation_tokens"),
+]
 
 
 def _spec_decode_lines(sd) -> list[str]:

@@ -23,7 +23,7 @@ def run_server(args: argparse.Namespace, config: EngineConfig) -> int:
     from quire.default_model import resolve_model
     from quire.engine_factory import create_engine
     from quire.server.app import build_app
-    from quire.server.async_engine import AsyncEngine
+    from quire.server.async_engine import AsyncEngine, StreamingEngine
 
     if args.model_pos and args.model and args.model_pos != args.model:
         raise ValueError("give the model once: positionally or with --model")
@@ -33,7 +33,15 @@ def run_server(args: argparse.Namespace, config: EngineConfig) -> int:
     if args.max_request_bytes <= 0:
         raise ValueError("--max-request-bytes must be a positive number of bytes")
     api_key = args.api_key or os.environ.get("QUIRE_API_KEY") or None
-    engine = AsyncEngine(create_engine(config), args.max_waiting_requests)
+    dp = getattr(args, "data_parallel_size", 1)
+    if dp < 1:
+        raise ValueError("--data-parallel-size must be at least 1")
+    if dp > 1:
+        from quire.server.data_parallel import DataParallelEngine
+
+        engine: StreamingEngine = DataParallelEngine(config, dp, args.max_waiting_requests)
+    else:
+        engine = AsyncEngine(create_engine(config), args.max_waiting_requests)
     app = build_app(engine, args.served_model_name or served_name(config.model),
                     api_key=api_key, max_request_bytes=args.max_request_bytes,
                     tool_call_parser=args.tool_call_parser)

@@ -1,7 +1,7 @@
 """Server state and OpenAI-style errors, shared by the app and the handlers.
 
 The handlers never touch the LLMEngine (only the engine thread does): they read the
-immutable facts the AsyncEngine captured at start (model info, prompt limits) and tokenize
+immutable facts the StreamingEngine captured at start (model info, prompt limits) and tokenize
 on one worker thread of their own, off the event loop.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
 
-from quire.server.async_engine import AsyncEngine
+from quire.server.async_engine import StreamingEngine
 from quire.server.tool_parsers import ToolParser
 from quire.tokenizer import HFTokenizer
 
@@ -41,7 +41,7 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 
 @dataclass
 class ServerState:
-    engine: AsyncEngine
+    engine: StreamingEngine
     tokenizer: HFTokenizer  # the handlers' own copy, used only on tokenizer_thread
     model_name: str
     tokenizer_thread: concurrent.futures.ThreadPoolExecutor
