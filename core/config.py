@@ -39,6 +39,8 @@ class EngineConfig:
         None turns it off.
     tensor_parallel_size: split the model over this many ranks (one process each on this
         host for the torch family; 1: no split).
+    distributed_executor_backend: how the torch family runs its ranks: "mp" (processes on
+        this host, the default) or "ray" (Ray actors, any number of nodes; quire[ray]).
     """
 
     model: str | None = None
@@ -57,6 +59,7 @@ class EngineConfig:
     quantization: str | None = None
     speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
     tensor_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "speculative_config",
@@ -67,6 +70,9 @@ class EngineConfig:
             _check_positive("block_size", self.block_size)
         _check_positive("max_num_seqs", self.max_num_seqs)
         _check_positive("tensor_parallel_size", self.tensor_parallel_size)
+        if self.distributed_executor_backend not in (None, "mp", "ray"):
+            raise ValueError("distributed_executor_backend must be 'mp' or 'ray', got "
+                             f"{self.distributed_executor_backend!r}")
         _check_positive("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         if self.num_blocks is not None and self.num_blocks < 2:
             raise ValueError(

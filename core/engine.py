@@ -97,6 +97,7 @@ class LLMEngine:
         self.num_generation_tokens = 0
         # Seconds spent per phase of step(), summed over the engine's life (profiling).
         self.step_times: dict[str, float] = dict.fromkeys(STEP_PHASES, 0.0)
+        self.num_steps = 0  # executor steps run
 
     # -- requests --------------------------------------------------------------------------
     def add_request(
@@ -183,6 +184,7 @@ class LLMEngine:
             self._admit_compiled(touched)
         if self.scheduler.has_unfinished_requests():
             self._run_once(touched)
+            self.num_steps += 1
         self._drain_finished()
         t0 = time.perf_counter()
         outputs = [self.outputs.make_output(p) for p in touched.values()]

@@ -47,6 +47,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
                    help="split the model over this many ranks (torch family: one process "
                         "each on this host, gloo collectives on CPU)")
+    g.add_argument("--distributed-executor-backend", default=None, choices=["mp", "ray"],
+                   help="how tensor-parallel ranks run: mp (processes on this host, the "
+                        "default) or ray (Ray actors; pip install 'quire[ray]')")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -59,4 +62,5 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         enable_chunked_prefill=not args.no_chunked_prefill, seed=args.seed,
         quantization=args.quantization, speculative_config=args.speculative_config,
         tensor_parallel_size=args.tensor_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
     )

@@ -10,4 +10,5 @@ from quire.backends.triton.executor import GpuExecutor
 
 class CudaExecutor(GpuExecutor):
     device = torch.device("cuda")
+    tp_communicator = "nccl"  # tensor-parallel ranks meet through NCCL
     platform = platform

@@ -11,4 +11,5 @@ from quire.backends.triton.executor import GpuExecutor
 
 class RocmExecutor(GpuExecutor):
     device = torch.device("cuda")
+    tp_communicator = "nccl"  # RCCL, under torch's nccl name on ROCm
     platform = platform

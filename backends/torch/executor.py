@@ -44,6 +44,9 @@ class TorchExecutor(Executor):
     # The backend's packed-weight arithmetic (quantization.py); None: quantized checkpoint
     # tensors are dequantized at load.
     quant_kernel: QuantKernel | None = None
+    # The torch.distributed backend tensor-parallel ranks meet through: gloo on the host;
+    # a device backend names its own ("nccl" on cuda, RCCL's "nccl" on rocm, a plugin's).
+    tp_communicator = "gloo"
 
     def __init__(self, config: EngineConfig,
                  extra_models: dict[str, ModelFactory] | None = None,
@@ -60,7 +63,12 @@ class TorchExecutor(Executor):
 
     @classmethod
     def tensor_parallel(cls, config: EngineConfig, args: tuple) -> Executor:
-        """One process per rank on this host (multiproc.py); gloo collectives."""
+        """One process per rank on this host (multiproc.py), or Ray actors (ray_executor.py)
+        with --distributed-executor-backend ray; collectives through tp_communicator."""
+        if config.distributed_executor_backend == "ray":
+            from quire.backends.torch.ray_executor import RayExecutor
+
+            return RayExecutor(cls, config, args, config.tensor_parallel_size)
         from quire.backends.torch.multiproc import MultiprocExecutor
 
         return MultiprocExecutor(cls, config, args, config.tensor_parallel_size)

@@ -38,26 +38,31 @@ logger = logging.getLogger(__name__)
 TIMEOUT_S = float(os.environ.get("QUIRE_TP_TIMEOUT_S", "120"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_rank(conn: Connection) -> None:
     """A worker process (quire.core.process_link): receive its rank's setup, then serve."""
     _worker(*conn.recv(), conn)
 
 
-def _join_group(executor: Any, shard: TPShard, init_method: str, threads: int) -> None:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def join_group(executor: Any, shard: TPShard, init_method: str, threads: int) -> None:
+    """Make executor rank shard.rank of a tensor-parallel group (before load_model)."""
     import torch
     import torch.distributed as dist
 
     from quire.backends.torch.parallel import Communicator
 
     torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=init_method, rank=shard.rank,
-                            world_size=shard.size,
+    if executor.device.type != "cpu":  # one device per rank
+        getattr(torch, executor.device.type).set_device(shard.rank)
+        executor.device = torch.device(executor.device.type, shard.rank)
+        executor.workspace = type(executor.workspace)(executor.device)
+    dist.init_process_group(executor.tp_communicator, init_method=init_method,
+                            rank=shard.rank, world_size=shard.size,
                             timeout=datetime.timedelta(seconds=TIMEOUT_S))
     executor.tp = shard
     executor.comm = Communicator(shard.rank, shard.size)
@@ -70,7 +75,7 @@ def _worker(executor_cls: type, args: tuple, shard: TPShard, init_method: str, t
     try:
         executor = executor_cls(*args)
         conn.send(("ok", None))  # built: the driver may now open the group
-        _join_group(executor, shard, init_method, threads)
+        join_group(executor, shard, init_method, threads)
     except BaseException:  # report why this rank could not start, then exit
         conn.send(("error", traceback.format_exc()))
         return
@@ -88,6 +93,10 @@ def _worker(executor_cls: type, args: tuple, shard: TPShard, init_method: str, t
                 conn.send(("ok", result))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
+    leave_group(executor)
+
+
+def leave_group(executor: Any) -> None:
     executor.shutdown()
     import torch.distributed as dist
 
@@ -103,7 +112,7 @@ class MultiprocExecutor(Executor):
         super().__init__(config)
         self.executor_cls = executor_cls
         self.world_size = world_size
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        init_method = f"tcp://127.0.0.1:{free_port()}"
         threads = max(1, (os.cpu_count() or 1) // world_size)
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
@@ -122,7 +131,7 @@ class MultiprocExecutor(Executor):
         self.driver = executor_cls(*args)
         try:
             self._answers()  # every worker built its executor
-            _join_group(self.driver, TPShard(0, world_size), init_method, threads)
+            join_group(self.driver, TPShard(0, world_size), init_method, threads)
         except BaseException:
             self.shutdown()
             raise
@@ -209,9 +218,5 @@ class MultiprocExecutor(Executor):
         self.procs, self.conns = [], []
         driver = getattr(self, "driver", None)
         if driver is not None:
-            driver.shutdown()
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            leave_group(driver)
         atexit.unregister(self.shutdown)

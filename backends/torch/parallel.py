@@ -14,6 +14,7 @@ CPU; the platform's own (NCCL, RCCL) elsewhere.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -30,17 +31,23 @@ class Communicator:
     rank: int
     size: int
     group: dist.ProcessGroup | None = None
+    seconds: float = 0.0  # spent in collectives (waiting for peers included), for profiles
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
         dist.all_reduce(x, group=self.group)
+        self.seconds += time.perf_counter() - start
         return x
 
     def gather_rows(self, x: torch.Tensor) -> torch.Tensor | None:
         """[T, V/N] from every rank -> [T, V] on rank 0 (None on the others)."""
+        start = time.perf_counter()
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(self.size)] if self.rank == 0 else None
         dist.gather(x, parts, dst=0, group=self.group)
-        return torch.cat(parts, dim=-1) if parts is not None else None
+        out = torch.cat(parts, dim=-1) if parts is not None else None
+        self.seconds += time.perf_counter() - start
+        return out
 
 
 class RowParallel(nn.Module):

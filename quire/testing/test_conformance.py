@@ -189,12 +189,13 @@ def model_dir(tmp_path_factory) -> str:
     return build_model(str(tmp_path_factory.mktemp("conformance-model")), "llama")
 
 
-def _generate(model_dir: str, backend: str, dtype: str, block_size: int):
+def _generate(model_dir: str, backend: str, dtype: str, block_size: int,
+              tensor_parallel_size: int = 1):
     from quire import LLM, SamplingParams
 
     llm = LLM(model_dir, backend=backend, dtype=dtype, block_size=block_size,
               num_blocks=1 + 4 * cdiv(128, block_size), max_model_len=128,
-              max_num_batched_tokens=32)
+              max_num_batched_tokens=32, tensor_parallel_size=tensor_parallel_size)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
     first = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     again = llm.generate([{"prompt_token_ids": p} for p in PROMPTS[:2]], params,
@@ -236,6 +237,26 @@ def test_greedy_matches_cpu_bfloat16(backend, caps, model_dir):
     block_size = caps.default_block_size
     first, _ = _generate(model_dir, backend.spec.name, "bfloat16", block_size)
     _assert_greedy_equal(_reference(model_dir, "bfloat16"), first, NEAR_TIE["bfloat16"])
+
+
+# -- tensor parallelism --------------------------------------------------------------------
+def test_tensor_parallel_matches_one_device(backend, caps, model_dir):
+    """Two ranks through the backend's Executor.tensor_parallel (torch-family backends
+    inherit a multi-process one whose ranks meet through the communicator the executor
+    names, TorchExecutor.tp_communicator) give the greedy tokens of one device, with
+    chunked prefill and prefix-cache hits. A backend whose executor keeps the default
+    refusal does not run tensor parallelism and is skipped saying so."""
+    dtype = "float32" if "float32" in caps.dtypes else caps.default_dtype
+    try:
+        first, again = _generate(model_dir, backend.spec.name, dtype,
+                                 caps.default_block_size, tensor_parallel_size=2)
+    except ValueError as exc:
+        if "does not run tensor parallelism" in str(exc) or "JAX devices" in str(exc):
+            pytest.skip(f"{backend.spec.name}: {exc}")
+        raise
+    near_tie = NEAR_TIE.get(dtype, NEAR_TIE["bfloat16"])
+    _assert_greedy_equal(_reference(model_dir, dtype), first, near_tie)
+    _assert_greedy_equal(first[:2], again, 0.0)
 
 
 # -- structured outputs --------------------------------------------------------------------

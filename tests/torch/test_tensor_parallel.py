@@ -83,3 +83,28 @@ def test_killed_worker_fails_the_call_and_leaves_nothing(model_factory):
     assert all(p.poll() is not None for p in procs)
     with pytest.raises(RuntimeError, match="shut down"):
         executor.execute(None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for the whole session."""
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (quire[ray])")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("arch,kwargs", [("llama", {"num_kv_heads": 1}), ("qwen3_moe", {})])
+def test_ray_actors_greedy_equals_one_device(model_factory, ray_cluster, arch, kwargs):
+    model_dir = model_factory(arch, **kwargs)
+    ref = _greedy(_engine(model_dir, 1))
+    llm = LLM(model_dir, dtype="float32", block_size=8, num_blocks=64,
+              max_num_batched_tokens=32, tensor_parallel_size=2,
+              distributed_executor_backend="ray")
+    executor = llm.engine.executor
+    try:
+        assert type(executor).__name__ == "RayExecutor" and len(executor.actors) == 1
+        assert _greedy(llm) == ref
+    finally:
+        llm.engine.shutdown()
+    assert executor.closed and not executor.actors
