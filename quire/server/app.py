@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quire import __version__
 from quire.server import chat, handlers
-from quire.server.async_engine import EngineOverloaded, StreamingEngine
+from quire.server.async_engine import EngineFailure, EngineOverloaded, StreamingEngine
 from quire.server.guards import ApiKeyGuard, BodySizeLimit
 from quire.server.protocol import (
     ChatCompletionRequest,
@@ -67,6 +67,10 @@ def build_app(engine: StreamingEngine, model_name: str, *, api_key: str | None =
 
     @app.exception_handler(EngineOverloaded)
     async def _overloaded(_: Request, exc: EngineOverloaded) -> JSONResponse:
+        return error_response(503, str(exc), "service_unavailable")
+
+    @app.exception_handler(EngineFailure)
+    async def _failed(_: Request, exc: EngineFailure) -> JSONResponse:
         return error_response(503, str(exc), "service_unavailable")
 
     @app.get("/health")

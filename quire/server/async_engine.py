@@ -28,6 +28,11 @@ class EngineOverloaded(Exception):
     """More requests are waiting than the server accepts."""
 
 
+class EngineFailure(RuntimeError):
+    """The engine (or a replica, or a tensor-parallel worker) broke: the request cannot
+    finish. The server answers 503 and /health says why."""
+
+
 @dataclass(slots=True)
 class _Stream:
     loop: asyncio.AbstractEventLoop
@@ -197,7 +202,7 @@ class AsyncEngine(StreamingEngine):
                 with self._lock:
                     open_ids = list(self._streams)
                 for rid in open_ids:
-                    self._send(rid, RuntimeError(self.failure))
+                    self._send(rid, EngineFailure(self.failure))
                 continue
             for out in outputs:
                 self._deliver(out)

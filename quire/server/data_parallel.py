@@ -28,7 +28,7 @@ from quire.core.config import EngineConfig
 from quire.core.engine import EngineStats
 from quire.core.process_link import spawn, stop
 from quire.core.sampling_params import SamplingParams
-from quire.server.async_engine import EngineOverloaded, StreamingEngine, _Stream
+from quire.server.async_engine import EngineFailure, EngineOverloaded, StreamingEngine, _Stream
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class DataParallelEngine(StreamingEngine):
                 self._owner.pop(rid, None)
         self.failure = why
         for rid in lost:
-            self._send(rid, RuntimeError(why))
+            self._send(rid, EngineFailure(why))
 
     def _publish_stats(self) -> None:
         per_replica = [r.stats for r in self.replicas]

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from quire.core.outputs import CompletionOutput, RequestOutput
 from quire.core.sampling_params import SamplingParams
-from quire.server.async_engine import EngineOverloaded
+from quire.server.async_engine import EngineFailure, EngineOverloaded
 from quire.server.protocol import CompletionRequest
 from quire.server.state import APIError, ServerState, error_body
 
@@ -186,9 +186,11 @@ async def _first_error_as_json(events: AsyncIterator[str]) -> AsyncIterator[str]
     try:
         async for e in events:
             yield e
-    except (ValueError, EngineOverloaded) as exc:
-        status = 503 if isinstance(exc, EngineOverloaded) else 400
-        yield event(error_body(status, str(exc), "invalid_request_error"))
+    except (ValueError, EngineOverloaded, EngineFailure) as exc:
+        if isinstance(exc, ValueError):
+            yield event(error_body(400, str(exc), "invalid_request_error"))
+        else:
+            yield event(error_body(503, str(exc), "service_unavailable"))
         yield "data: [DONE]\n\n"
 
 

@@ -1,12 +1,29 @@
-"""The server through the official openai client, as users talk to it."""
+"""The server through the official openai client, as users talk to it: one engine, and
+two data-parallel replicas behind the server (every test runs against both)."""
 
 from __future__ import annotations
 
 import concurrent.futures
 
 import httpx
+import pytest
 
 from quire import LLM, SamplingParams
+from tests.server_fixtures import Server
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["dp1", "dp2"])
+def server(llama_dir, request):
+    srv = Server(llama_dir, "--data-parallel-size", str(request.param))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
 def test_models(client):
