@@ -56,6 +56,7 @@ def join_group(executor: Any, shard: TPShard, init_method: str, threads: int) ->
 
     from quire.backends.torch.parallel import Communicator
 
+    executor.threads_before_tp = torch.get_num_threads()
     torch.set_num_threads(threads)
     if executor.device.type != "cpu":  # one device per rank
         getattr(torch, executor.device.type).set_device(shard.rank)
@@ -97,11 +98,14 @@ def _worker(executor_cls: type, args: tuple, shard: TPShard, init_method: str, t
 
 
 def leave_group(executor: Any) -> None:
-    executor.shutdown()
+    """Undo join_group: the executor shut down, the group left, the thread count back."""
+    import torch
     import torch.distributed as dist
 
+    executor.shutdown()
     if dist.is_initialized():
         dist.destroy_process_group()
+    torch.set_num_threads(getattr(executor, "threads_before_tp", torch.get_num_threads()))
 
 
 class MultiprocExecutor(Executor):

@@ -69,7 +69,10 @@ def align_pairs(ids: torch.Tensor, num_experts: int, block_m: int
     flat = ids.reshape(-1)
     num_pairs = flat.numel()
     capacity = cdiv(num_pairs + num_experts * (block_m - 1), block_m) * block_m
-    counts = torch.bincount(flat, minlength=num_experts)
+    # (scatter_add, not bincount: bincount reads the ids' max on the host, which a CUDA
+    # graph cannot capture)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=ids.device).scatter_add_(
+        0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     starts = torch.cumsum(padded, 0) - padded  # each expert's first slot
     order = torch.argsort(flat, stable=True)
