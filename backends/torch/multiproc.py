@@ -20,6 +20,7 @@ import atexit
 import datetime
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import traceback
@@ -49,8 +50,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join_group(executor: Any, shard: TPShard, init_method: str, threads: int) -> None:
-    """Make executor rank shard.rank of a tensor-parallel group (before load_model)."""
+def join_group(executor: Any, shard: TPShard, init_method: str, threads: int,
+               shm_name: str | None = None, peers_alive: Any = None) -> None:
+    """Make executor rank shard.rank of a tensor-parallel group (before load_model); with
+    shm_name, CPU ranks exchange tensors through that shared-memory segment."""
     import torch
     import torch.distributed as dist
 
@@ -66,17 +69,28 @@ def join_group(executor: Any, shard: TPShard, init_method: str, threads: int) ->
                             rank=shard.rank, world_size=shard.size,
                             timeout=datetime.timedelta(seconds=TIMEOUT_S))
     executor.tp = shard
-    executor.comm = Communicator(shard.rank, shard.size)
+    if shm_name is not None and executor.device.type == "cpu":
+        from quire.backends.torch.shm_comm import ShmCommunicator
+
+        if peers_alive is None:  # a worker: its peer that matters is the driver, its parent
+            parent = os.getppid()
+
+            def peers_alive() -> bool:
+                return os.getppid() == parent
+        executor.comm = ShmCommunicator(shard.rank, shard.size, shm_name, TIMEOUT_S,
+                                        peers_alive)
+    else:
+        executor.comm = Communicator(shard.rank, shard.size)
 
 
 def _worker(executor_cls: type, args: tuple, shard: TPShard, init_method: str, threads: int,
-            conn: Connection) -> None:
+            shm_name: str | None, conn: Connection) -> None:
     """A worker rank: build the executor, join the group, then serve calls until told to
     stop (or the driver goes away)."""
     try:
         executor = executor_cls(*args)
         conn.send(("ok", None))  # built: the driver may now open the group
-        join_group(executor, shard, init_method, threads)
+        join_group(executor, shard, init_method, threads, shm_name)
     except BaseException:  # report why this rank could not start, then exit
         conn.send(("error", traceback.format_exc()))
         return
@@ -103,6 +117,9 @@ def leave_group(executor: Any) -> None:
     import torch.distributed as dist
 
     executor.shutdown()
+    close = getattr(executor.comm, "close", None)
+    if close is not None:
+        close()
     if dist.is_initialized():
         dist.destroy_process_group()
     torch.set_num_threads(getattr(executor, "threads_before_tp", torch.get_num_threads()))
@@ -121,21 +138,29 @@ class MultiprocExecutor(Executor):
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
         self.closed = False
+        self.segment = None  # the CPU ranks' shared memory (shm_comm.py)
+        shm_name = None
         atexit.register(self.shutdown)
         try:
+            if executor_cls.device.type == "cpu" and os.environ.get("QUIRE_TP_SHM", "1") != "0":
+                from quire.backends.torch.shm_comm import create_segment
+
+                shm_name = f"quire-tp-{os.getpid()}-{secrets.token_hex(4)}"
+                self.segment = create_segment(shm_name, world_size)
             for rank in range(1, world_size):
                 proc, conn = spawn("quire.backends.torch.multiproc:serve_rank", TIMEOUT_S)
                 self.procs.append(proc)
                 self.conns.append(conn)
                 conn.send((executor_cls, args, TPShard(rank, world_size), init_method,
-                           threads))
+                           threads, shm_name))
         except BaseException:
             self.shutdown()
             raise
         self.driver = executor_cls(*args)
         try:
             self._answers()  # every worker built its executor
-            join_group(self.driver, TPShard(0, world_size), init_method, threads)
+            join_group(self.driver, TPShard(0, world_size), init_method, threads, shm_name,
+                       lambda: all(p.poll() is None for p in self.procs))
         except BaseException:
             self.shutdown()
             raise
@@ -223,4 +248,8 @@ class MultiprocExecutor(Executor):
         driver = getattr(self, "driver", None)
         if driver is not None:
             leave_group(driver)
+        if getattr(self, "segment", None) is not None:  # no segment left behind
+            self.segment.close()
+            self.segment.unlink()
+            self.segment = None
         atexit.unregister(self.shutdown)

@@ -198,11 +198,13 @@ class AsyncEngine(StreamingEngine):
                 outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
             except Exception as exc:  # the engine is broken: fail every open stream
                 logger.exception("engine step failed")
-                self.failure = f"engine failure: {exc}"
+                if self.failure is None:  # the first cause is the one to report
+                    self.failure = f"engine failure: {exc}"
                 with self._lock:
                     open_ids = list(self._streams)
                 for rid in open_ids:
-                    self._send(rid, EngineFailure(self.failure))
+                    self.engine.abort_request(rid)  # (no retry loop on a broken engine)
+                    self._send(rid, EngineFailure(f"engine failure: {exc}"))
                 continue
             for out in outputs:
                 self._deliver(out)

@@ -30,7 +30,8 @@ def _complete(url: str, prompt: str) -> str:
 
 
 def _replica_pids(server: Server) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid), "-f", "serve_replica"],
+                         capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 

@@ -16,8 +16,8 @@ from tests.server_fixtures import Server
 def test_killed_worker_mid_stream(llama_dir):
     server = Server(llama_dir, "--tensor-parallel-size", "2")
     try:
-        workers = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
-                                 text=True).stdout.split()
+        workers = subprocess.run(["pgrep", "-P", str(server.proc.pid), "-f", "serve_rank"],
+                                 capture_output=True, text=True).stdout.split()
         assert len(workers) == 1
         body = {"model": "tiny", "prompt": "Hello world", "max_tokens": 400,
                 "temperature": 0, "ignore_eos": True, "stream": True}

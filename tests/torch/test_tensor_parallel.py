@@ -19,9 +19,8 @@ def _greedy(llm: LLM) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
 
 
-def _engine(model_dir: str, tp: int) -> LLM:
-    # num_blocks small enough that preemption may happen, prefix hits do (shared prompts)
-    return LLM(model_dir, dtype="float32", block_size=8, num_blocks=64,
+def _engine(model_dir: str, tp: int, num_blocks: int = 64) -> LLM:
+    return LLM(model_dir, dtype="float32", block_size=8, num_blocks=num_blocks,
                max_num_batched_tokens=32, tensor_parallel_size=tp)
 
 
@@ -38,16 +37,25 @@ def _engine(model_dir: str, tp: int) -> LLM:
 def test_tensor_parallel_greedy_equals_one_device(model_factory, arch, tp, kwargs):
     model_dir = model_factory(arch, **kwargs)
     ref = _greedy(_engine(model_dir, 1))
-    llm = _engine(model_dir, tp)
+    llm = _engine(model_dir, tp, num_blocks=5)  # 4 usable blocks: requests get preempted
     try:
         assert llm.engine.model_info.vocab_size == _engine(model_dir, 1).engine \
             .model_info.vocab_size
         assert _greedy(llm) == ref
-        assert llm.engine.stats().num_used_blocks == 0
+        assert _greedy(llm) == ref  # again: prompts now hit the prefix cache
+        stats = llm.engine.stats()
+        assert stats.num_preemptions > 0 and stats.prefix_cache_hits > 0, stats
+        assert stats.num_used_blocks == 0
     finally:
         llm.engine.shutdown()
     assert all(p.poll() is not None for p in llm.engine.executor.procs) and \
         not llm.engine.executor.procs
+    assert not _segments(), "a shared-memory segment was left behind"
+
+
+def _segments() -> list[str]:
+    return [f for f in os.listdir("/dev/shm") if f.startswith("quire-tp")] \
+        if os.path.isdir("/dev/shm") else []
 
 
 def test_sizes_that_do_not_divide_are_refused(model_factory):
@@ -83,6 +91,7 @@ def test_killed_worker_fails_the_call_and_leaves_nothing(model_factory):
     assert all(p.poll() is not None for p in procs)
     with pytest.raises(RuntimeError, match="shut down"):
         executor.execute(None)
+    assert not _segments()
 
 
 @pytest.fixture(scope="session")
