@@ -61,6 +61,15 @@ def join_group(executor: Any, shard: TPShard, init_method: str, threads: int,
 
     executor.threads_before_tp = torch.get_num_threads()
     torch.set_num_threads(threads)
+    if executor.device.type == "cpu" and hasattr(os, "sched_setaffinity") \
+            and os.environ.get("QUIRE_TP_PIN", "1") != "0":
+        # Each rank on its own cores (its share of what this process may use), so ranks
+        # do not fight for them; restored when the rank leaves.
+        cores = sorted(os.sched_getaffinity(0))
+        mine = cores[shard.rank * threads : (shard.rank + 1) * threads]
+        if len(cores) >= shard.size * threads and mine:
+            executor.affinity_before_tp = set(cores)
+            os.sched_setaffinity(0, mine)
     if executor.device.type != "cpu":  # one device per rank
         getattr(torch, executor.device.type).set_device(shard.rank)
         executor.device = torch.device(executor.device.type, shard.rank)
@@ -123,6 +132,9 @@ def leave_group(executor: Any) -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     torch.set_num_threads(getattr(executor, "threads_before_tp", torch.get_num_threads()))
+    if getattr(executor, "affinity_before_tp", None):
+        os.sched_setaffinity(0, executor.affinity_before_tp)
+        executor.affinity_before_tp = None
 
 
 class MultiprocExecutor(Executor):
