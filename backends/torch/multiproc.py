@@ -137,19 +137,67 @@ def leave_group(executor: Any) -> None:
         executor.affinity_before_tp = None
 
 
-class MultiprocExecutor(Executor):
+class RankedExecutor(Executor):
+    """Rank 0 of a tensor-parallel model in this process (self.driver, an executor_cls)
+    and ranks 1..N-1 elsewhere; subclasses say how a call reaches them (_send) and how
+    their results come back (_receive). Every Executor call runs on all ranks; a failure
+    on any leaves them out of step, so it stops them all (the engine cannot go on)."""
+
+    def __init__(self, executor_cls: type, config: EngineConfig, world_size: int) -> None:
+        super().__init__(config)
+        self.executor_cls, self.world_size, self.closed = executor_cls, world_size, False
+
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """The rank executor's (an instance method here: the class wraps any of them)."""
+        return self.executor_cls.capabilities()
+
+    def _send(self, method: str, args: tuple) -> Any:
+        raise NotImplementedError
+
+    def _receive(self, method: str, pending: Any) -> None:
+        raise NotImplementedError
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if self.closed:
+            raise RuntimeError("the tensor-parallel executor has shut down (after a failure "
+                               "or shutdown()); start a new engine")
+        try:
+            pending = self._send(method, args)
+            result = getattr(self.driver, method)(*args)
+            self._receive(method, pending)
+            return result
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # -- the Executor contract ---------------------------------------------------------------
+    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
+        self.info = self._call("load_model", model_path, dtype)
+        return self.info
+
+    def kv_cache_bytes_per_block(self, block_size: int) -> int:
+        return self.driver.kv_cache_bytes_per_block(block_size)
+
+    def profile_num_blocks(self, block_size: int, memory_bytes: int) -> int:
+        return self.driver.profile_num_blocks(block_size, memory_bytes)
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        self._call("allocate_kv_cache", num_blocks, block_size)
+
+    def execute(self, batch: Batch) -> ModelOutput:
+        return self._call("execute", batch)
+
+
+class MultiprocExecutor(RankedExecutor):
     """N ranks of executor_cls (a TorchExecutor subclass), this process being rank 0."""
 
     def __init__(self, executor_cls: type, config: EngineConfig, args: tuple,
                  world_size: int) -> None:
-        super().__init__(config)
-        self.executor_cls = executor_cls
-        self.world_size = world_size
+        super().__init__(executor_cls, config, world_size)
         init_method = f"tcp://127.0.0.1:{free_port()}"
         threads = max(1, (os.cpu_count() or 1) // world_size)
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
-        self.closed = False
         self.segment = None  # the CPU ranks' shared memory (shm_comm.py)
         shm_name = None
         atexit.register(self.shutdown)
@@ -177,28 +225,15 @@ class MultiprocExecutor(Executor):
             self.shutdown()
             raise
 
-    def capabilities(self) -> Capabilities:  # type: ignore[override]
-        """The rank executor's (an instance method here: the class wraps any of them)."""
-        return self.executor_cls.capabilities()
-
     # -- calls on every rank ----------------------------------------------------------------
-    def _call(self, method: str, *args: Any) -> Any:
-        """Run a call on every rank. A failure on any rank leaves the ranks out of step, so
-        it stops them all (the engine cannot go on) and raises."""
-        if self.closed:
-            raise RuntimeError("the tensor-parallel executor has shut down (after a failure "
-                               "or shutdown()); start a new engine")
-        try:
-            self._check_alive()
-            for conn in self.conns:
-                conn.send((method, args))
-            result = getattr(self.driver, method)(*args)
-            if method != "execute":
-                self._answers()
-            return result
-        except BaseException:
-            self.shutdown()
-            raise
+    def _send(self, method: str, args: tuple) -> None:
+        self._check_alive()
+        for conn in self.conns:
+            conn.send((method, args))
+
+    def _receive(self, method: str, pending: None) -> None:
+        if method != "execute":  # workers answer every call but execute
+            self._answers()
 
     def _answers(self) -> list[Any]:
         results = []
@@ -225,24 +260,10 @@ class MultiprocExecutor(Executor):
         return (f"tensor-parallel worker rank {rank} died (exit code {code}); the engine "
                 "cannot continue: restart it")
 
-    # -- the Executor contract ---------------------------------------------------------------
-    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
-        self.info = self._call("load_model", model_path, dtype)
-        return self.info
-
-    def kv_cache_bytes_per_block(self, block_size: int) -> int:
-        return self.driver.kv_cache_bytes_per_block(block_size)
-
-    def profile_num_blocks(self, block_size: int, memory_bytes: int) -> int:
-        return self.driver.profile_num_blocks(block_size, memory_bytes)
-
-    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        self._call("allocate_kv_cache", num_blocks, block_size)
-
     def execute(self, batch: Batch) -> ModelOutput:
         procs = list(self.procs)
         try:
-            return self._call("execute", batch)
+            return super().execute(batch)
         except RuntimeError as exc:  # a collective failed: say which rank is gone, if one is
             dead = [r for r, p in enumerate(procs, start=1)
                     if p.returncode not in (None, 0)]

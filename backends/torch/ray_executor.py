@@ -16,10 +16,14 @@ import logging
 import os
 from typing import Any
 
-from quire.backends.torch.multiproc import TIMEOUT_S, free_port, join_group, leave_group
-from quire.core.batch import Batch
+from quire.backends.torch.multiproc import (
+    TIMEOUT_S,
+    RankedExecutor,
+    free_port,
+    join_group,
+    leave_group,
+)
 from quire.core.config import EngineConfig
-from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
 from quire.models.tensor_parallel import TPShard
 
 logger = logging.getLogger(__name__)
@@ -44,7 +48,7 @@ class RankActor:
         leave_group(self.executor)
 
 
-class RayExecutor(Executor):
+class RayExecutor(RankedExecutor):
     def __init__(self, executor_cls: type, config: EngineConfig, args: tuple,
                  world_size: int) -> None:
         try:
@@ -54,8 +58,7 @@ class RayExecutor(Executor):
         except ImportError as exc:
             raise ValueError("--distributed-executor-backend ray needs Ray: pip install "
                              "'quire[ray]' (or use the default, mp)") from exc
-        super().__init__(config)
-        self.executor_cls, self.world_size, self.closed = executor_cls, world_size, False
+        super().__init__(executor_cls, config, world_size)
         self._ray, self._remove_pg = ray, remove_placement_group
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
@@ -80,9 +83,6 @@ class RayExecutor(Executor):
             self.shutdown()
             raise
 
-    def capabilities(self) -> Capabilities:  # type: ignore[override]
-        return self.executor_cls.capabilities()
-
     def _collect(self, refs: list) -> list:
         try:
             return self._ray.get(refs, timeout=TIMEOUT_S)
@@ -91,34 +91,11 @@ class RayExecutor(Executor):
             raise RuntimeError(f"tensor-parallel Ray actor rank {rank} died; the engine "
                                "cannot continue: restart it") from exc
 
-    def _call(self, method: str, *args: Any) -> Any:
-        if self.closed:
-            raise RuntimeError("the tensor-parallel executor has shut down (after a failure "
-                               "or shutdown()); start a new engine")
-        try:
-            refs = [a.call.remote(method, args) for a in self.actors]
-            result = getattr(self.driver, method)(*args)
-            self._collect(refs)
-            return result
-        except BaseException:
-            self.shutdown()
-            raise
+    def _send(self, method: str, args: tuple) -> list:
+        return [a.call.remote(method, args) for a in self.actors]
 
-    def load_model(self, model_path: str, dtype: str) -> ModelInfo:
-        self.info = self._call("load_model", model_path, dtype)
-        return self.info
-
-    def kv_cache_bytes_per_block(self, block_size: int) -> int:
-        return self.driver.kv_cache_bytes_per_block(block_size)
-
-    def profile_num_blocks(self, block_size: int, memory_bytes: int) -> int:
-        return self.driver.profile_num_blocks(block_size, memory_bytes)
-
-    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        self._call("allocate_kv_cache", num_blocks, block_size)
-
-    def execute(self, batch: Batch) -> ModelOutput:
-        return self._call("execute", batch)
+    def _receive(self, method: str, pending: list) -> None:
+        self._collect(pending)
 
     def shutdown(self) -> None:
         if self.closed:
