@@ -4,8 +4,10 @@ Executor contract: the core still hands one Batch per step to one executor.
 Rank 0 runs in the engine's process (the driver); ranks 1..N-1 are worker processes on this
 host (fresh interpreters running this module, so nothing is inherited and the user's
 script is never re-imported), each holding its slice of the model and of the KV cache (its
-KV heads). They talk over an authenticated local socket. Every call goes to all ranks: the
-driver sends it to each worker, then runs it itself; the ranks meet in the model's
+KV heads). They talk over an authenticated local socket, and every call (each step's Batch)
+is written once into a shared-memory segment all workers read (core/shm_broadcast.py;
+QUIRE_TP_SHM=0 sends it down the sockets instead). Every call goes to all ranks: the
+driver sends it to the workers, then runs it itself; the ranks meet in the model's
 collectives (torch.distributed, gloo on CPU) and only rank 0 returns the sampled tokens.
 Each rank gets its share of the host's cores, so ranks do not fight for them.
 
@@ -31,6 +33,7 @@ from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
 from quire.core.process_link import spawn, stop
+from quire.core.shm_broadcast import Broadcast, wait_for
 from quire.models.tensor_parallel import TPShard
 
 logger = logging.getLogger(__name__)
@@ -92,12 +95,35 @@ def join_group(executor: Any, shard: TPShard, init_method: str, threads: int,
         executor.comm = Communicator(shard.rank, shard.size)
 
 
+def _next_call(conn: Connection, inbox: Broadcast | None) -> tuple[str, tuple]:
+    """The driver's next call: from the shared-memory inbox, or the socket (a call too large
+    for the inbox, a shutdown, or no inbox). EOFError when the driver is gone."""
+    if inbox is None:
+        return conn.recv()
+    parent = os.getppid()
+
+    def idle() -> bool:  # asked while waiting: stop to read the socket, or the driver died
+        return conn.poll() or os.getppid() != parent
+
+    while True:
+        wait_for(inbox.poll, idle)
+        if inbox.poll():
+            in_memory, message = inbox.take()
+            return message if in_memory else conn.recv()
+        if conn.poll():
+            return conn.recv()
+        raise EOFError("the driver is gone")
+
+
 def _worker(executor_cls: type, args: tuple, shard: TPShard, init_method: str, threads: int,
-            shm_name: str | None, conn: Connection) -> None:
+            shm_name: str | None, inbox_name: str | None, conn: Connection) -> None:
     """A worker rank: build the executor, join the group, then serve calls until told to
     stop (or the driver goes away)."""
+    inbox = None
     try:
         executor = executor_cls(*args)
+        if inbox_name is not None:
+            inbox = Broadcast(inbox_name, shard.size - 1, reader=shard.rank - 1)
         conn.send(("ok", None))  # built: the driver may now open the group
         join_group(executor, shard, init_method, threads, shm_name)
     except BaseException:  # report why this rank could not start, then exit
@@ -105,7 +131,7 @@ def _worker(executor_cls: type, args: tuple, shard: TPShard, init_method: str, t
         return
     while True:
         try:
-            method, call_args = conn.recv()
+            method, call_args = _next_call(conn, inbox)
         except (EOFError, OSError):  # the driver is gone
             break
         if method == "shutdown":
@@ -118,6 +144,8 @@ def _worker(executor_cls: type, args: tuple, shard: TPShard, init_method: str, t
         except BaseException:
             conn.send(("error", traceback.format_exc()))
     leave_group(executor)
+    if inbox is not None:
+        inbox.close()
 
 
 def leave_group(executor: Any) -> None:
@@ -199,20 +227,26 @@ class MultiprocExecutor(RankedExecutor):
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
         self.segment = None  # the CPU ranks' shared memory (shm_comm.py)
-        shm_name = None
+        self.outbox: Broadcast | None = None  # the calls, written once for every worker
+        shm_name = inbox_name = None
         atexit.register(self.shutdown)
         try:
-            if executor_cls.device.type == "cpu" and os.environ.get("QUIRE_TP_SHM", "1") != "0":
+            use_shm = os.environ.get("QUIRE_TP_SHM", "1") != "0"
+            if executor_cls.device.type == "cpu" and use_shm:
                 from quire.backends.torch.shm_comm import create_segment
 
                 shm_name = f"quire-tp-{os.getpid()}-{secrets.token_hex(4)}"
                 self.segment = create_segment(shm_name, world_size)
+            if use_shm:
+                self.outbox = Broadcast(f"quire-calls-{os.getpid()}-{secrets.token_hex(4)}",
+                                        world_size - 1)
+                inbox_name = self.outbox.name
             for rank in range(1, world_size):
                 proc, conn = spawn("quire.backends.torch.multiproc:serve_rank", TIMEOUT_S)
                 self.procs.append(proc)
                 self.conns.append(conn)
                 conn.send((executor_cls, args, TPShard(rank, world_size), init_method,
-                           threads, shm_name))
+                           threads, shm_name, inbox_name))
         except BaseException:
             self.shutdown()
             raise
@@ -228,7 +262,10 @@ class MultiprocExecutor(RankedExecutor):
     # -- calls on every rank ----------------------------------------------------------------
     def _send(self, method: str, args: tuple) -> None:
         self._check_alive()
-        for conn in self.conns:
+        if self.outbox is not None and self.outbox.publish(
+                (method, args), TIMEOUT_S, lambda: all(p.poll() is None for p in self.procs)):
+            return
+        for conn in self.conns:  # no outbox, or the call is too large for it
             conn.send((method, args))
 
     def _receive(self, method: str, pending: None) -> None:
@@ -285,4 +322,7 @@ class MultiprocExecutor(RankedExecutor):
             self.segment.close()
             self.segment.unlink()
             self.segment = None
+        if getattr(self, "outbox", None) is not None:
+            self.outbox.close(unlink=True)
+            self.outbox = None
         atexit.unregister(self.shutdown)

@@ -54,8 +54,33 @@ def test_tensor_parallel_greedy_equals_one_device(model_factory, arch, tp, kwarg
 
 
 def _segments() -> list[str]:
-    return [f for f in os.listdir("/dev/shm") if f.startswith("quire-tp")] \
+    return [f for f in os.listdir("/dev/shm") if f.startswith(("quire-tp", "quire-calls"))] \
         if os.path.isdir("/dev/shm") else []
+
+
+def test_calls_through_the_sockets_give_the_same_tokens(model_factory, monkeypatch):
+    """QUIRE_TP_SHM=0: no shared memory at all (calls pickled down each worker's socket,
+    collectives through gloo); and a call too large for the shared-memory inbox takes the
+    socket in order with the others."""
+    import quire.core.shm_broadcast as shm_broadcast
+
+    model_dir = model_factory("llama")
+    ref = _greedy(_engine(model_dir, 1))
+    monkeypatch.setenv("QUIRE_TP_SHM", "0")
+    llm = _engine(model_dir, 2)
+    try:
+        assert llm.engine.executor.outbox is None
+        assert _greedy(llm) == ref
+    finally:
+        llm.engine.shutdown()
+    monkeypatch.delenv("QUIRE_TP_SHM")
+    monkeypatch.setattr(shm_broadcast, "PAYLOAD_BYTES", 600)  # most batches do not fit
+    llm = _engine(model_dir, 2)
+    try:
+        assert _greedy(llm) == ref
+    finally:
+        llm.engine.shutdown()
+    assert not _segments()
 
 
 def test_sizes_that_do_not_divide_are_refused(model_factory):
