@@ -39,11 +39,15 @@ def _tp(model: str, tp: int, dtype: str) -> dict:
         workload = sharegpt_like(64, llm.engine.model_info.vocab_size, 32, 256, seed=0)
         comm = getattr(getattr(llm.engine.executor, "driver", None), "comm", None)
         steps0, comm0 = llm.engine.num_steps, comm.seconds if comm is not None else 0.0
+        if comm is not None and hasattr(comm, "wait_seconds"):
+            comm.wait_seconds = 0.0
         row = run_quire(llm, workload, f"TP={tp}")
         row["steps"] = llm.engine.num_steps - steps0
         if comm is not None:
             row["comm_s"] = comm.seconds - comm0
             row["comm_ms_per_step"] = 1e3 * row["comm_s"] / max(row["steps"], 1)
+            if hasattr(comm, "wait_seconds"):  # of which waiting for the other rank
+                row["comm_wait_ms_per_step"] = 1e3 * comm.wait_seconds / max(row["steps"], 1)
         return row
     finally:
         llm.engine.shutdown()
@@ -105,7 +109,9 @@ def main() -> None:
                 print(f"round {r + 1} {row['system']}: {row['output_tok_per_s']:.1f} output "
                       f"tok/s" + (f", collectives {row['comm_ms_per_step']:.2f} ms/step of "
                                   f"{1e3 * row['elapsed_s'] / row['steps']:.1f}"
-                                  if "comm_ms_per_step" in row else ""), flush=True)
+                                  if "comm_ms_per_step" in row else "")
+                      + (f" ({row['comm_wait_ms_per_step']:.2f} waiting for the other rank)"
+                         if "comm_wait_ms_per_step" in row else ""), flush=True)
     out = os.path.join("benchmarks", "results",
                        f"scale-out-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:

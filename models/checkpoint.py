@@ -33,12 +33,22 @@ def is_gguf(model_path: str) -> bool:
 def open_checkpoint(model_path: str, keep_quantized: bool = False) -> Checkpoint:
     """(HF-style config dict, (HF name, array) iterator) for an HF folder or a .gguf file.
     Arrays keep the file's dtype (bf16 through ml_dtypes); GGUF tensors are dequantized,
-    except, with keep_quantized, those quire.models.quant repacks (PackedWeight)."""
+    except, with keep_quantized, those quire.models.quant repacks (PackedWeight); so are a
+    GPTQ / AWQ folder's quantized layers (quire.models.hf_quant)."""
     if is_gguf(model_path):
         from quire.models.gguf import open_gguf
 
         return open_gguf(model_path, keep_quantized)
-    return read_config_json(model_path), _iter_folder(model_path)
+    from quire.models.hf_quant import dequantized, merge_quantized, quant_method
+
+    config = read_config_json(model_path)
+    weights: Iterator[tuple[str, Any]] = _iter_folder(model_path)
+    qc = quant_method(config)
+    if qc is not None:
+        weights = merge_quantized(weights, qc)
+        if not keep_quantized:
+            weights = dequantized(weights, qc)
+    return config, weights
 
 
 def _iter_folder(model_path: str) -> Iterator[tuple[str, np.ndarray]]:

@@ -43,6 +43,9 @@ class PackedWeight:
     mins: np.ndarray | None
     shape: tuple[int, int]  # (N, K)
     source: str  # the checkpoint's format name, for logs ("Q4_1", ...)
+    # Inputs stored out of order (GPTQ's act-order): stored column j is input perm[j], so
+    # y = x[:, perm] @ stored^T; None when they are in order.
+    perm: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -53,10 +56,11 @@ class PackedWeight:
         """The same weight with its rows taken in index order."""
         return PackedWeight(self.bits, self.group_size, self.qweight[index], self.scales[index],
                             None if self.mins is None else self.mins[index],
-                            (len(index), self.shape[1]), self.source)
+                            (len(index), self.shape[1]), self.source, self.perm)
 
-    def dequantize(self) -> np.ndarray:
-        """The float32 [N, K] matrix (the reference every kernel is checked against)."""
+    def dequantize(self, stored_order: bool = False) -> np.ndarray:
+        """The float32 [N, K] matrix (the reference every kernel is checked against); with
+        stored_order, its inputs in perm's order (what the kernels multiply)."""
         n, k = self.shape
         if self.bits == 4:
             b = self.qweight.reshape(n, k // 32, 16)
@@ -67,7 +71,12 @@ class PackedWeight:
         w = q.reshape(n, k // g, g) * self.scales.astype(np.float32)[:, :, None]
         if self.mins is not None:
             w += self.mins.astype(np.float32)[:, :, None]
-        return w.reshape(n, k)
+        w = w.reshape(n, k)
+        if self.perm is None or stored_order:
+            return w
+        dense = np.empty_like(w)
+        dense[:, self.perm] = w
+        return dense
 
 
 def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
@@ -77,14 +86,19 @@ def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
     for p in parts[1:]:
         if (p.bits, p.group_size, p.scales.dtype, p.mins is None) != \
                 (first.bits, first.group_size, first.scales.dtype, first.mins is None) or \
-                p.shape[1] != first.shape[1]:
+                p.shape[1] != first.shape[1] or not _same_perm(p.perm, first.perm):
             raise ValueError(f"cannot fuse {first.source} and {p.source} weights")
     mins = None if first.mins is None else np.concatenate([p.mins for p in parts])  # type: ignore[misc]
     return PackedWeight(first.bits, first.group_size,
                         np.concatenate([p.qweight for p in parts]),
                         np.concatenate([p.scales for p in parts]), mins,
                         (sum(p.shape[0] for p in parts), first.shape[1]),
-                        "+".join(sorted({p.source for p in parts})))
+                        "+".join(sorted({p.source for p in parts})), first.perm)
+
+
+def _same_perm(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and
+                                         np.array_equal(a, b))
 
 
 def from_gguf(data: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> PackedWeight | None:
@@ -129,7 +143,7 @@ def from_gguf(data: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> Packe
     return PackedWeight(8, QK, q5.astype(np.int8).reshape(n, k), d, m, (n, k), name)
 
 
-def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+def pack_nibbles(q: np.ndarray) -> np.ndarray:
     """q [..., 32] values 0..15 -> [..., 16] bytes in this module's 4-bit order."""
     return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
 
@@ -173,7 +187,7 @@ def _from_k_quant(data: np.ndarray, ggml_type: int, shape: tuple[int, int]
     if ggml_type == Q4_K:
         qs = b[..., 16:144].reshape(n, -1, 4, 32)  # 4 chunks of 64 inputs
         q = np.stack([qs & 0xF, qs >> 4], axis=3).reshape(n, k // 32, 32)
-        return PackedWeight(4, 32, _pack_nibbles(q).reshape(n, k // 2), scales, mins, (n, k),
+        return PackedWeight(4, 32, pack_nibbles(q).reshape(n, k // 2), scales, mins, (n, k),
                             name)
     qh = b[..., 16:48]  # [n, blocks, 32]: bit i is sub-block i's fifth bit
     qs = b[..., 48:176].reshape(n, -1, 4, 32)

@@ -51,7 +51,7 @@ def isa() -> str:
 
 class CpuQuantKernel:
     formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
-                         "int8"})
+                         "int8", "gptq", "awq"})
 
     def __init__(self, portable: bool = False, int8_activations: bool = False) -> None:
         self.portable = portable  # the plain C++ path even where AVX2 is there (tests)

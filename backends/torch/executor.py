@@ -29,6 +29,7 @@ from quire.core.config import EngineConfig
 from quire.core.executor import Executor, ModelInfo, ModelOutput
 from quire.core.sizing import resolve_dtype
 from quire.models.config import model_info, parse_arch_config
+from quire.models.hf_quant import check_requested, quant_method
 from quire.models.tensor_parallel import TPShard, plan
 from quire.models.weight_map import weight_target
 
@@ -77,6 +78,7 @@ class TorchExecutor(Executor):
         start = time.perf_counter()
         method = self.linear_method()
         raw, weights = open_checkpoint(model_path, keep_quantized=method is not None)
+        check_requested(self.config.quantization, quant_method(raw))
         arch, factory = resolve_architecture(raw, self.extra_models)
         cfg = parse_arch_config(raw, arch)
         dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
@@ -191,7 +193,12 @@ class TorchExecutor(Executor):
 
 
 def _sliced(weights: Iterable[tuple[str, object]], shard_plan) -> Iterator[tuple[str, object]]:
-    """This rank's slice of every checkpoint tensor (quire.models.tensor_parallel)."""
+    """This rank's slice of every checkpoint tensor (quire.models.tensor_parallel); a packed
+    weight split along its inputs comes back dense (numpy), made a tensor here."""
     for name, w in weights:
         target = weight_target(name, shard_plan.cfg)
-        yield name, w if target is None else shard_plan.slice(target, w)
+        if target is not None:
+            w = shard_plan.slice(target, w)
+            if isinstance(w, np.ndarray):
+                w = torch.from_numpy(np.ascontiguousarray(w))
+        yield name, w

@@ -6,25 +6,36 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
 from quire.models.checkpoint import is_gguf, safetensors_files
 from quire.models.config import read_config_json
+from quire.models.hf_quant import dequantized, merge_quantized, quant_method
 from quire.models.quant import PackedWeight
 
 
 def open_checkpoint(model_path: str, keep_quantized: bool = False
                     ) -> tuple[dict[str, Any], Iterator[tuple[str, torch.Tensor | PackedWeight]]]:
     """(HF-style config dict, (name, tensor) iterator) for an HF folder or a .gguf file.
-    keep_quantized: GGUF tensors of a repackable format come as PackedWeight."""
+    keep_quantized: GGUF tensors of a repackable format, and a GPTQ / AWQ folder's quantized
+    layers, come as PackedWeight (else dense, with a log line)."""
     if is_gguf(model_path):
         from quire.models.gguf import open_gguf
 
         config, arrays = open_gguf(model_path, keep_quantized)
         return config, ((name, w if isinstance(w, PackedWeight) else torch.from_numpy(w))
                         for name, w in arrays)
-    return read_config_json(model_path), iter_weights(model_path)
+    config = read_config_json(model_path)
+    weights: Iterator[tuple[str, Any]] = iter_weights(model_path)
+    qc = quant_method(config)
+    if qc is not None:
+        weights = merge_quantized(weights, qc)
+        if not keep_quantized:
+            weights = ((n, torch.from_numpy(w) if isinstance(w, np.ndarray) else w)
+                       for n, w in dequantized(weights, qc))
+    return config, weights
 
 
 def iter_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:

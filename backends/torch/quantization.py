@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,6 +97,8 @@ class PackedLinearMethod(LinearMethod):
         layer.register_buffer("qweight", torch.empty(0, dtype=torch.uint8), persistent=False)
         layer.register_buffer("scales", torch.empty(0, dtype=torch.float16), persistent=False)
         layer.register_buffer("mins", torch.empty(0, dtype=torch.float16), persistent=False)
+        # GPTQ act-order: the inputs in the order the weight stores them (empty: in order)
+        layer.register_buffer("perm", torch.empty(0, dtype=torch.int64), persistent=False)
         layer.bits = layer.group_size = 0
         layer.source = ""
 
@@ -104,14 +107,19 @@ class PackedLinearMethod(LinearMethod):
         if weight.shape != (layer.out_features, layer.in_features):
             raise ValueError(f"packed weight {weight.shape} for a layer of "
                              f"{(layer.out_features, layer.in_features)}")
-        layer.qweight = torch.from_numpy(weight.qweight)
-        layer.scales = torch.from_numpy(weight.scales)
+        # the kernels read row-major arrays
+        layer.qweight = torch.from_numpy(np.ascontiguousarray(weight.qweight))
+        layer.scales = torch.from_numpy(np.ascontiguousarray(weight.scales))
         layer.mins = torch.empty(0, dtype=layer.scales.dtype) if weight.mins is None else \
-            torch.from_numpy(weight.mins)
+            torch.from_numpy(np.ascontiguousarray(weight.mins))
         layer.bits, layer.group_size, layer.source = weight.bits, weight.group_size, \
             weight.source
+        if weight.perm is not None:
+            layer.perm = torch.from_numpy(weight.perm.astype(np.int64))
 
     def apply(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+        if layer.perm.numel():  # the kernels multiply the weight as stored
+            x = x.index_select(-1, layer.perm)
         return self.kernel.matmul(x, layer)
 
     def describe(self, layer: QuantLinear) -> str:
@@ -127,21 +135,30 @@ class QuantEmbedding(nn.Module):
         self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = self.table
-        q, s = t.qweight[ids], t.scales[ids].float()
-        if t.bits == 4:
-            q = torch.stack([q.view(len(ids), -1, 16) & 15, q.view(len(ids), -1, 16) >> 4], 2)
-        w = q.reshape(len(ids), -1, t.group_size).float() * s.unsqueeze(-1)
-        if t.mins.numel():
-            w += t.mins[ids].float().unsqueeze(-1)
-        return w.reshape(len(ids), -1).to(self.dtype)
+        w = dequantize_rows(self.table, ids)
+        if self.table.perm.numel():  # back to the inputs' own order
+            w = torch.empty_like(w).index_copy_(1, self.table.perm, w)
+        return w.to(self.dtype)
+
+
+def dequantize_rows(t: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ids of a packed layer's weight, float32, inputs in stored order."""
+    q, s = t.qweight[ids], t.scales[ids].float()
+    if t.bits == 4:
+        q = torch.stack([q.view(len(ids), -1, 16) & 15, q.view(len(ids), -1, 16) >> 4], 2)
+    w = q.reshape(len(ids), -1, t.group_size).float() * s.unsqueeze(-1)
+    if t.mins.numel():
+        w += t.mins[ids].float().unsqueeze(-1)
+    return w.reshape(len(ids), -1)
 
 
 # -- the registry ---------------------------------------------------------------------------
 # name -> factory(kernel) -> LinearMethod. Plugins add theirs with quire_register_quantization.
 # "int8": dense checkpoint weights quantized at load (quantize_dense), then served packed.
-METHODS: dict[str, Callable[[QuantKernel], LinearMethod]] = {"gguf": PackedLinearMethod,
-                                                            "int8": PackedLinearMethod}
+# "gptq", "awq": an HF checkpoint's quantized layers (quire.models.hf_quant), served packed.
+METHODS: dict[str, Callable[[QuantKernel], LinearMethod]] = {
+    "gguf": PackedLinearMethod, "int8": PackedLinearMethod, "gptq": PackedLinearMethod,
+    "awq": PackedLinearMethod}
 
 
 def quantize_dense(weights: Iterable[tuple[str, object]], group_size: int = 32
@@ -211,11 +228,10 @@ class TorchQuantKernel:
     not fast; backends bring a fused kernel."""
 
     formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
-                         "int8"})
+                         "int8", "gptq", "awq"})
 
     def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         return F.linear(x, self.dequantize(layer).to(x.dtype))
 
     def dequantize(self, layer: QuantLinear) -> torch.Tensor:
-        emb = QuantEmbedding(layer)
-        return emb(torch.arange(layer.out_features))
+        return dequantize_rows(layer, torch.arange(layer.out_features))

@@ -40,6 +40,7 @@ class ShmCommunicator(Communicator):
         if rank != 0:  # the driver owns the segment: workers must not unlink it at exit
             resource_tracker.unregister(self.shm._name, "shared_memory")  # noqa: SLF001
         self.slot_bytes, self.timeout_s, self.seq = slot_bytes, timeout_s, 0
+        self.wait_seconds = 0.0  # of self.seconds, the time spent waiting for the others
         self.counters = np.ndarray((size, _HEADER // 8), np.int64, buffer=self.shm.buf)
         self.data = self.shm.buf[size * _HEADER:]
 
@@ -55,6 +56,7 @@ class ShmCommunicator(Communicator):
         self._slot(half, self.rank, x.dtype, flat.numel()).copy_(flat)
         self.counters[self.rank, 0] = self.seq
         deadline = check = None
+        waited = time.perf_counter()
         while self.counters[:, 0].min() < self.seq:
             now = time.monotonic()
             if deadline is None:
@@ -68,6 +70,7 @@ class ShmCommunicator(Communicator):
                                        f"collective in {self.timeout_s:.0f} s")
                 check = now + 0.05
             time.sleep(0)
+        self.wait_seconds += time.perf_counter() - waited
         return [self._slot(half, r, x.dtype, flat.numel()).view(x.shape)
                 for r in range(self.size)]
 

@@ -81,16 +81,18 @@ class TpuExecutor(Executor):
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
         from quire.models.checkpoint import open_checkpoint
+        from quire.models.hf_quant import check_requested, quant_method
 
-        if self.config.quantization not in (None, "none", "gguf"):
+        if self.config.quantization not in (None, "none", "gguf", "gptq", "awq"):
             raise ValueError(f"quantization {self.config.quantization!r} is not available on "
                              "the tpu backend, which dequantizes quantized checkpoints at load; "
                              "use a torch-family backend such as --backend cpu")
         start = time.perf_counter()
-        # GGUF weights stay quantized in the params pytree (model.QuantMatrix) unless
-        # --quantization none.
+        # GGUF, GPTQ and AWQ weights stay quantized in the params pytree (model.QuantMatrix)
+        # unless --quantization none.
         raw, weights = open_checkpoint(model_path,
                                        keep_quantized=self.config.quantization != "none")
+        check_requested(self.config.quantization, quant_method(raw))
         arch = architecture_name(raw)
         if arch in self.extra_models and arch not in BUILTIN_ARCHITECTURES:
             raise ValueError(f"model architecture {arch!r} comes from a plugin "

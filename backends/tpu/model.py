@@ -43,12 +43,12 @@ class QuantMatrix:
     unpacking into the matmul that reads it."""
 
     def __init__(self, qweight: jax.Array, scales: jax.Array, mins: jax.Array | None,
-                 bits: int, group_size: int) -> None:
-        self.qweight, self.scales, self.mins = qweight, scales, mins
+                 perm: jax.Array | None, bits: int, group_size: int) -> None:
+        self.qweight, self.scales, self.mins, self.perm = qweight, scales, mins, perm
         self.bits, self.group_size = bits, group_size
 
     def tree_flatten(self):
-        return (self.qweight, self.scales, self.mins), (self.bits, self.group_size)
+        return (self.qweight, self.scales, self.mins, self.perm), (self.bits, self.group_size)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
@@ -57,10 +57,13 @@ class QuantMatrix:
     @classmethod
     def from_packed(cls, w: PackedWeight) -> QuantMatrix:
         return cls(jnp.asarray(w.qweight), jnp.asarray(w.scales),
-                   None if w.mins is None else jnp.asarray(w.mins), w.bits, w.group_size)
+                   None if w.mins is None else jnp.asarray(w.mins),
+                   None if w.perm is None else jnp.asarray(w.perm, jnp.int32), w.bits,
+                   w.group_size)
 
-    def rows(self, index: jax.Array, dtype: Any) -> jax.Array:
-        """Rows index of the dense matrix, [len(index), K] in dtype."""
+    def rows(self, index: jax.Array, dtype: Any, stored_order: bool = False) -> jax.Array:
+        """Rows index of the dense matrix, [len(index), K] in dtype; with stored_order, its
+        inputs in the order the weight stores them (GPTQ act-order: perm's)."""
         q = self.qweight[index]
         if self.bits == 4:
             b = q.reshape(q.shape[0], -1, 16)
@@ -70,16 +73,22 @@ class QuantMatrix:
             self.scales[index].astype(jnp.float32)[..., None]
         if self.mins is not None:
             w = w + self.mins[index].astype(jnp.float32)[..., None]
-        return w.reshape(q.shape[0], -1).astype(dtype)
+        w = w.reshape(q.shape[0], -1)
+        if self.perm is not None and not stored_order:
+            w = jnp.zeros_like(w).at[:, self.perm].set(w)
+        return w.astype(dtype)
 
     def dense(self, dtype: Any) -> jax.Array:
-        return self.rows(jnp.arange(self.qweight.shape[0]), dtype)
+        """The whole matrix [N, K], inputs in stored order."""
+        return self.rows(jnp.arange(self.qweight.shape[0]), dtype, stored_order=True)
 
 
 def linear(x: jax.Array, w: jax.Array | QuantMatrix) -> jax.Array:
     """x [T, K] times a layer's weight: dense ones are stored input-major [K, N], quantized
-    ones output-major [N, K]."""
+    ones output-major [N, K] (act-order ones with x's columns gathered into their order)."""
     if isinstance(w, QuantMatrix):
+        if w.perm is not None:
+            x = jnp.take(x, w.perm, axis=-1)
         return x @ w.dense(x.dtype).T
     return x @ w
 KVCache = tuple[jax.Array, jax.Array]  # keys, values [Hkv, N, S, D]

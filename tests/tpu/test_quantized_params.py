@@ -61,3 +61,27 @@ def test_quantized_params_match_dequantized(model_factory, qtypes):
     np.testing.assert_allclose(jax.jit(llama.linear)(x, w),
                                x @ dp["layers"][0]["gate_up_proj.weight"], rtol=1e-4,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("method,opts", [("gptq", {"desc_act": True, "group_size": 32}),
+                                         ("awq", {"group_size": 64})])
+def test_gptq_awq_folders_greedy_equal_their_dequantized_reference(model_factory, tmp_path,
+                                                                   method, opts):
+    """A GPTQ (act-order) / AWQ folder served on the tpu backend, its matrices kept quantized
+    (act-order ones gather x's columns inside the jitted matmul), gives the greedy tokens of
+    the dense folder of the same weights dequantized."""
+    from quire import LLM, SamplingParams
+    from quire.testing.quantized_models import write_quantized
+
+    src = model_factory("llama", hidden_size=128, intermediate_size=256)
+    qdir, ref = str(tmp_path / "q"), str(tmp_path / "ref")
+    write_quantized(src, qdir, method, reference=ref, **opts)
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    prompts = ["one two three", "the cache serves", "hello"]
+    tpu = LLM(qdir, backend="tpu", dtype="float32", block_size=16, num_blocks=32)
+    layer = tpu.engine.executor.params["layers"][0]
+    assert isinstance(layer["qkv_proj.weight"], llama.QuantMatrix)
+    assert (layer["qkv_proj.weight"].perm is not None) == bool(opts.get("desc_act"))
+    cpu = LLM(ref, dtype="float32", num_blocks=64)
+    assert [o.outputs[0].token_ids for o in tpu.generate(prompts, params, use_tqdm=False)] == \
+        [o.outputs[0].token_ids for o in cpu.generate(prompts, params, use_tqdm=False)]
