@@ -1,7 +1,7 @@
-"""GpuExecutor: the torch family on a GPU with quire's Triton attention and fused MoE, and
-CUDA/HIP graphs for decode steps. The cuda and rocm backends subclass it with their kernel
-configuration. TritonInterpretExecutor runs the same kernels on the CPU under
-TRITON_INTERPRET=1.
+"""GpuExecutor: the torch family on a GPU with quire's Triton attention, fused MoE and
+weight-only quantized GEMM, and CUDA/HIP graphs for decode steps. The cuda and rocm
+backends subclass it with their kernel configuration. TritonInterpretExecutor runs the same
+kernels on the CPU under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from quire.backends.torch.executor import TorchExecutor
 from quire.backends.triton.attention import TritonAttention
 from quire.backends.triton.config import GpuPlatform, KernelConfig, interpreting
+from quire.backends.triton.quant import TritonQuantKernel
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, ModelInfo, ModelOutput
@@ -43,6 +44,11 @@ class GpuExecutor(TorchExecutor):
                                   {"kernel_config": cfg})
         self.use_graphs = os.environ.get("QUIRE_CUDA_GRAPHS", "1") != "0"
         self.graphs = None
+
+    @property
+    def quant_kernel(self) -> TritonQuantKernel:  # type: ignore[override]
+        """Packed weights (GGUF, GPTQ, AWQ, int8) in the Triton W4A16 / W8A16 GEMM."""
+        return TritonQuantKernel()
 
     def kernel_config(self) -> KernelConfig:
         if self.platform is None:

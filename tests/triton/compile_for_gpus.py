@@ -14,7 +14,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from quire.backends.triton import kernels, moe  # noqa: E402
+from quire.backends.triton import kernels, moe, quant  # noqa: E402
 from quire.backends.triton.config import KernelConfig, block_q_for, next_pow2  # noqa: E402
 
 TARGETS = {
@@ -39,6 +39,10 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
             sig[name] = "*i32"
         elif name == "weights_ptr":
             sig[name] = "*fp32"
+        elif name == "qw_ptr":
+            sig[name] = "*u8" if constexprs.get("BITS") == 4 else "*i8"
+        elif name in ("scales_ptr", "mins_ptr"):
+            sig[name] = "*fp16"
         elif name == "slot_ptr":
             sig[name] = "*i64"
         elif name.endswith("_ptr"):
@@ -89,6 +93,11 @@ def variants(cfg: KernelConfig):
         yield moe._grouped_gemm_kernel, dtype, {
             "ROW_DIV": row_div, "MUL_WEIGHT": mul, "BLOCK_M": 16, "BLOCK_N": block_n,
             "BLOCK_K": block_k, "UPCAST_DOT": False}
+    for dtype, bits, group, mins in [("bf16", 4, 32, True), ("fp16", 8, 16, False),
+                                     ("bf16", 8, 32, True)]:
+        yield quant._quant_gemm_kernel, dtype, {
+            "BITS": bits, "GS": group, "HAS_MINS": mins, "BLOCK_M": 16, "BLOCK_N": 64,
+            "UPCAST_DOT": False}
 
 
 def main(names: list[str]) -> int:
