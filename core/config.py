@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from quire.core.sizing import KV_QUANT_DTYPES
 from quire.core.spec_config import SpeculativeConfig
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -41,6 +42,9 @@ class EngineConfig:
         host for the torch family; 1: no split).
     distributed_executor_backend: how the torch family runs its ranks: "mp" (processes on
         this host, the default) or "ray" (Ray actors, any number of nodes; quire[ray]).
+    kv_cache_dtype: "auto" (the model's dtype) or an 8-bit cache, "int8" or "fp8_e4m3"
+        ("fp8" is taken as "fp8_e4m3"), with a scale per token and KV head: about twice
+        the tokens per GiB, where the backend supports it (Capabilities.kv_cache_dtypes).
     """
 
     model: str | None = None
@@ -60,8 +64,14 @@ class EngineConfig:
     speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
     tensor_parallel_size: int = 1
     distributed_executor_backend: str | None = None
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.kv_cache_dtype == "fp8":
+            object.__setattr__(self, "kv_cache_dtype", "fp8_e4m3")
+        if self.kv_cache_dtype not in ("auto", *KV_QUANT_DTYPES):
+            raise ValueError("kv_cache_dtype must be 'auto', 'int8', 'fp8' or 'fp8_e4m3', got "
+                             f"{self.kv_cache_dtype!r}")
         object.__setattr__(self, "speculative_config",
                            SpeculativeConfig.parse(self.speculative_config))
         if self.dtype not in _DTYPES:

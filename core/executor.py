@@ -38,6 +38,8 @@ class Capabilities:
     max_num_seqs: a cap on requests per step (None: the user's setting).
     fixed_block_table_width: True when Batch.block_tables must always have the same width
         (cdiv(max_model_len, block_size), at most num_blocks - 1), e.g. for compiled shapes.
+    kv_cache_dtypes: the EngineConfig.kv_cache_dtype values it honours ("auto": the model's
+        dtype; "int8", "fp8_e4m3": 8-bit caches, quire.core.sizing's layout).
     """
 
     dtypes: tuple[str, ...]
@@ -48,6 +50,7 @@ class Capabilities:
     request_buckets: tuple[int, ...] = ()
     max_num_seqs: int | None = None
     fixed_block_table_width: bool = False
+    kv_cache_dtypes: tuple[str, ...] = ("auto",)
 
     @property
     def default_block_size(self) -> int:
@@ -125,7 +128,8 @@ class Executor(ABC):
         keys and values in the model's dtype; override for another layout (e.g. 8-bit)."""
         if self.info is None:
             raise RuntimeError("load_model must run (and set self.info) first")
-        return kv_cache_bytes_per_block(self.info, block_size)
+        return kv_cache_bytes_per_block(self.info, block_size,
+                                        getattr(self.config, "kv_cache_dtype", "auto"))
 
     def profile_num_blocks(self, block_size: int, memory_bytes: int) -> int:
         """How many blocks fit in memory_bytes (including the null block)."""

@@ -40,6 +40,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--quantization", "-q", default=None,
                    help="weight quantization method (default: the checkpoint's, where the "
                         "backend has a kernel; 'none' dequantizes at load)")
+    g.add_argument("--kv-cache-dtype", default="auto",
+                   choices=["auto", "int8", "fp8", "fp8_e4m3"],
+                   help="KV cache storage: auto (the model's dtype) or 8-bit with a scale per "
+                        "token and head, about twice the tokens per GiB (cpu, cuda, rocm)")
     g.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='speculative decoding, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' or \'{"method": "draft_model", '
@@ -63,4 +67,5 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         quantization=args.quantization, speculative_config=args.speculative_config,
         tensor_parallel_size=args.tensor_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
+        kv_cache_dtype=args.kv_cache_dtype,
     )

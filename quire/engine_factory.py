@@ -31,6 +31,10 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
     status = select_backend(plugins, config.backend)
     executor_cls = load_factory(status)
     caps = executor_cls.capabilities()
+    if config.kv_cache_dtype not in caps.kv_cache_dtypes:
+        raise ValueError(f"kv_cache_dtype {config.kv_cache_dtype!r} is not supported by the "
+                         f"{status.spec.name!r} backend; choose one of "
+                         f"{', '.join(caps.kv_cache_dtypes)}")
     block_size = config.block_size or caps.default_block_size
     if block_size not in caps.block_sizes:
         raise ValueError(f"block_size {block_size} is not supported by backend "
@@ -43,9 +47,10 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
     max_model_len = _max_model_len(config, info.max_model_len, capacity)
     executor.allocate_kv_cache(num_blocks, block_size)
     gib = num_blocks * executor.kv_cache_bytes_per_block(block_size) / (1 << 30)
-    logger.info("backend %s; KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB); "
-                "max_model_len %d", status.spec.name, num_blocks, block_size, capacity,
-                gib, max_model_len)
+    kv_dtype = info.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype
+    logger.info("backend %s; KV cache (%s): %d blocks x %d tokens = %d tokens (%.2f GiB); "
+                "max_model_len %d", status.spec.name, kv_dtype, num_blocks, block_size,
+                capacity, gib, max_model_len)
     tokenizer = HFTokenizer.from_pretrained(config.tokenizer or config.model)
     max_seqs = min(config.max_num_seqs, caps.max_num_seqs or config.max_num_seqs)
     max_tokens = config.resolved_max_num_batched_tokens

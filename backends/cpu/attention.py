@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from quire.backends.cpu import native
+from quire.backends.torch import kv_quant
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
+from quire.backends.torch.kv_quant import KV_QUANT_DTYPES
 from quire.backends.torch.workspace import Workspace
 from quire.core.sizing import cdiv
 from quire.testing.reference import attend
@@ -56,8 +58,14 @@ class _Plan:
 
 
 class CpuAttention(AttentionImpl):
+    kv_quant_dtypes = KV_QUANT_DTYPES
+
     def write_kv(self, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
                  slot_mapping: torch.Tensor) -> None:
+        if self.kv_quant is not None:
+            kv_quant.write(kv_cache[0], slot_mapping, key, self.kv_quant)
+            kv_quant.write(kv_cache[1], slot_mapping, value, self.kv_quant)
+            return
         flat = kv_cache.view(2, -1, self.num_kv_heads, self.head_size)
         flat[0].index_copy_(0, slot_mapping, key)
         flat[1].index_copy_(0, slot_mapping, value)
@@ -76,12 +84,12 @@ class CpuAttention(AttentionImpl):
                 # Every token is a decode row, in order (no padding): no gather/scatter.
                 return native.paged_decode(query, kv_cache[0], kv_cache[1], rows.block_tables,
                                            rows.seq_lens, self.scale, self.sliding_window,
-                                           self.soft_cap)
+                                           self.soft_cap, self.kv_quant)
         out = torch.empty_like(query)
         if rows is not None and plan.native:
             out[rows.token_idx] = native.paged_decode(
                 query[rows.token_idx], kv_cache[0], kv_cache[1], rows.block_tables,
-                rows.seq_lens, self.scale, self.sliding_window, self.soft_cap)
+                rows.seq_lens, self.scale, self.sliding_window, self.soft_cap, self.kv_quant)
         else:
             for group in plan.decode_groups:
                 self._decode(query, kv_cache, group, workspace, out)
@@ -91,20 +99,25 @@ class CpuAttention(AttentionImpl):
         return out
 
     def _gather(self, kv_cache: torch.Tensor, blocks: torch.Tensor,
-                workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
-        """blocks [..., nb] -> keys, values [..., nb * S, Hkv, D], copied into the workspace."""
+                workspace: Workspace, dtype: torch.dtype | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """blocks [..., nb] -> keys, values [..., nb * S, Hkv, D], copied into the workspace
+        (an 8-bit cache's rows dequantized to dtype)."""
         flat = blocks.reshape(-1)
         block_shape = tuple(kv_cache.shape[2:])
         k = workspace.get("k", (flat.numel(), *block_shape), kv_cache.dtype)
         v = workspace.get("v", (flat.numel(), *block_shape), kv_cache.dtype)
         torch.index_select(kv_cache[0], 0, flat, out=k)
         torch.index_select(kv_cache[1], 0, flat, out=v)
+        if self.kv_quant is not None:
+            k = kv_quant.dequantize(k, self.kv_quant, dtype or torch.float32)
+            v = kv_quant.dequantize(v, self.kv_quant, dtype or torch.float32)
         shape = (*blocks.shape[:-1], -1, self.num_kv_heads, self.head_size)
         return k.view(shape), v.view(shape)
 
     def _prefill(self, q: torch.Tensor, kv_cache: torch.Tensor, seq: _PrefillSeq,
                  workspace: Workspace) -> torch.Tensor:
-        k, v = self._gather(kv_cache, seq.blocks, workspace)
+        k, v = self._gather(kv_cache, seq.blocks, workspace, q.dtype)
         k, v = k[: seq.seq_len], v[: seq.seq_len]
         if self.soft_cap is not None:
             return attend(q, k, v, seq.seq_len - q.shape[0], self.scale, self.sliding_window,
@@ -118,7 +131,8 @@ class CpuAttention(AttentionImpl):
 
     def _decode(self, query: torch.Tensor, kv_cache: torch.Tensor, group: _DecodeGroup,
                 workspace: Workspace, out: torch.Tensor) -> None:
-        k, v = self._gather(kv_cache, group.blocks, workspace)  # [R', L, Hkv, D]
+        k, v = self._gather(kv_cache, group.blocks, workspace,
+                            query.dtype)  # [R', L, Hkv, D]
         q = query[group.token_idx]  # [R', Hq, D]
         num_rows = q.shape[0]
         visible = group.visible

@@ -39,12 +39,26 @@ static inline float fast_exp(float x) {
 
 DECODE = r"""
 // One job: row r's query heads of KV heads [k0, k1). Per block, all those heads' keys of a
-// token are contiguous in the [N, S, Hkv, D] cache, so the job streams memory in order:
+// token are contiguous in the [N, S, Hkv, RS] cache, so the job streams memory in order:
 // scores for the block's tokens, a softmax update per head, then the weighted values.
-template <typename T>
-static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, int64_t L,
-                       T* out, int64_t Hq, int64_t Hkv, int64_t D, int64_t S, int64_t k0,
-                       int64_t k1, float scale, int64_t window, float soft_cap,
+// Plain caches: CT = T, RS = D. 8-bit caches (QUANT): each (token, head) row is D values of
+// CT (int8 or fp8 e4m3) then its float32 scale (RS = D + 4 bytes): the scale multiplies the
+// row's dot product (keys) or its weight (values).
+template <typename CT, bool QUANT>
+static inline float row_scale(const CT* row, int64_t D) {
+  if constexpr (!QUANT) {
+    return 1.f;
+  } else {
+    float s;
+    std::memcpy(&s, reinterpret_cast<const char*>(row + D), sizeof(s));
+    return s;
+  }
+}
+
+template <typename T, typename CT, bool QUANT>
+static void decode_job(const T* q, const CT* kc, const CT* vc, const int32_t* bt, int64_t L,
+                       T* out, int64_t Hq, int64_t Hkv, int64_t D, int64_t RS, int64_t S,
+                       int64_t k0, int64_t k1, float scale, int64_t window, float soft_cap,
                        float* qf, float* acc, float* m, float* l, float* s) {
   const int64_t G = Hq / Hkv, hc = (k1 - k0) * G, h0 = k0 * G;
   for (int64_t i = 0; i < hc * D; ++i) qf[i] = static_cast<float>(q[h0 * D + i]) * scale;
@@ -55,16 +69,16 @@ static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, 
   for (int64_t b = first / S; b * S < L; ++b) {
     const int64_t blk = bt[b];
     const int64_t t0 = std::max(b * S, first), t1 = std::min((b + 1) * S, L), n = t1 - t0;
-    const T* kb = kc + (blk * S + (t0 - b * S)) * Hkv * D;
-    const T* vb = vc + (blk * S + (t0 - b * S)) * Hkv * D;
+    const CT* kb = kc + (blk * S + (t0 - b * S)) * Hkv * RS;
+    const CT* vb = vc + (blk * S + (t0 - b * S)) * Hkv * RS;
     for (int64_t t = 0; t < n; ++t) {
-      const T* krow = kb + (t * Hkv + k0) * D;
+      const CT* krow = kb + (t * Hkv + k0) * RS;
       for (int64_t h = 0; h < hc; ++h) {
-        const T* kp = krow + (h / G) * D;
+        const CT* kp = krow + (h / G) * RS;
         const float* qp = qf + h * D;
         float dot = 0.f;
         for (int64_t d = 0; d < D; ++d) dot += qp[d] * static_cast<float>(kp[d]);
-        s[h * S + t] = dot;
+        s[h * S + t] = dot * row_scale<CT, QUANT>(kp, D);
       }
     }
     for (int64_t h = 0; h < hc; ++h) {
@@ -86,10 +100,10 @@ static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, 
       for (int64_t d = 0; d < D; ++d) ap[d] *= correction;
     }
     for (int64_t t = 0; t < n; ++t) {
-      const T* vrow = vb + (t * Hkv + k0) * D;
+      const CT* vrow = vb + (t * Hkv + k0) * RS;
       for (int64_t h = 0; h < hc; ++h) {
-        const T* vp = vrow + (h / G) * D;
-        const float p = s[h * S + t];
+        const CT* vp = vrow + (h / G) * RS;
+        const float p = s[h * S + t] * row_scale<CT, QUANT>(vp, D);
         float* ap = acc + h * D;
         for (int64_t d = 0; d < D; ++d) ap[d] += p * static_cast<float>(vp[d]);
       }
@@ -100,11 +114,11 @@ static void decode_job(const T* q, const T* kc, const T* vc, const int32_t* bt, 
       out[(h0 + h) * D + d] = static_cast<T>(acc[h * D + d] / l[h]);
 }
 
-template <typename T>
-static void decode_rows(const T* q, const T* kc, const T* vc, const int32_t* bt,
+template <typename T, typename CT, bool QUANT>
+static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* bt,
                         const int32_t* lens, T* out, int64_t R, int64_t Hq, int64_t Hkv,
-                        int64_t D, int64_t S, int64_t B, float scale, int64_t window,
-                        float soft_cap) {
+                        int64_t D, int64_t RS, int64_t S, int64_t B, float scale,
+                        int64_t window, float soft_cap) {
   // Rows are the unit of work; with fewer rows than ~2 per thread, KV heads are split too.
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = std::min<int64_t>(Hkv, std::max<int64_t>(1, (2 * threads + R - 1) / R));
@@ -117,34 +131,51 @@ static void decode_rows(const T* q, const T* kc, const T* vc, const int32_t* bt,
       const int64_t r = job / chunks, c = job % chunks;
       const int64_t k0 = c * per_chunk, k1 = std::min(Hkv, k0 + per_chunk);
       if (k0 >= k1) continue;
-      decode_job<T>(q + r * Hq * D, kc, vc, bt + r * B, lens[r], out + r * Hq * D, Hq, Hkv, D, S,
-                    k0, k1, scale, window, soft_cap, qf.data(), acc.data(), m.data(),
-                    l.data(), s.data());
+      decode_job<T, CT, QUANT>(q + r * Hq * D, kc, vc, bt + r * B, lens[r], out + r * Hq * D,
+                               Hq, Hkv, D, RS, S, k0, k1, scale, window, soft_cap, qf.data(),
+                               acc.data(), m.data(), l.data(), s.data());
     }
   });
 }
 
+// kc, vc: [N, S, Hkv, D] in q's dtype; or, with kv_kind 1 (int8) / 2 (fp8 e4m3), uint8
+// [N, S, Hkv, D + 4] rows of values then a float32 scale.
 torch::Tensor paged_decode(torch::Tensor q, torch::Tensor kc, torch::Tensor vc,
                            torch::Tensor bt, torch::Tensor lens, double scale, int64_t window,
-                           double soft_cap) {
+                           double soft_cap, int64_t kv_kind) {
   TORCH_CHECK(q.is_contiguous() && kc.is_contiguous() && vc.is_contiguous() &&
               bt.is_contiguous() && lens.is_contiguous(), "contiguous inputs expected");
   TORCH_CHECK(bt.scalar_type() == torch::kInt32 && lens.scalar_type() == torch::kInt32,
               "block table and lengths must be int32");
   auto out = torch::empty_like(q);
   const int64_t R = q.size(0), Hq = q.size(1), D = q.size(2);
-  const int64_t S = kc.size(1), Hkv = kc.size(2), B = bt.size(1);
+  const int64_t S = kc.size(1), Hkv = kc.size(2), B = bt.size(1), RS = kc.size(3);
+  TORCH_CHECK(kv_kind == 0 ? RS == D : (RS == D + 4 && kc.scalar_type() == torch::kUInt8),
+              "cache rows do not match the KV kind");
+  const float sc = static_cast<float>(scale), cap = static_cast<float>(soft_cap);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode", [&] {
-    decode_rows<scalar_t>(q.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(),
-                          vc.data_ptr<scalar_t>(), bt.data_ptr<int32_t>(),
-                          lens.data_ptr<int32_t>(), out.data_ptr<scalar_t>(), R, Hq, Hkv, D, S, B,
-                          static_cast<float>(scale), window, static_cast<float>(soft_cap));
+    const scalar_t* qp = q.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const int32_t* btp = bt.data_ptr<int32_t>();
+    const int32_t* lp = lens.data_ptr<int32_t>();
+    if (kv_kind == 0) {
+      decode_rows<scalar_t, scalar_t, false>(qp, kc.data_ptr<scalar_t>(),
+          vc.data_ptr<scalar_t>(), btp, lp, op, R, Hq, Hkv, D, D, S, B, sc, window, cap);
+    } else if (kv_kind == 1) {
+      decode_rows<scalar_t, int8_t, true>(qp,
+          reinterpret_cast<const int8_t*>(kc.data_ptr<uint8_t>()),
+          reinterpret_cast<const int8_t*>(vc.data_ptr<uint8_t>()), btp, lp, op, R, Hq, Hkv, D,
+          RS, S, B, sc, window, cap);
+    } else {
+      decode_rows<scalar_t, c10::Float8_e4m3fn, true>(qp,
+          reinterpret_cast<const c10::Float8_e4m3fn*>(kc.data_ptr<uint8_t>()),
+          reinterpret_cast<const c10::Float8_e4m3fn*>(vc.data_ptr<uint8_t>()), btp, lp, op, R,
+          Hq, Hkv, D, RS, S, B, sc, window, cap);
+    }
   });
   return out;
 }
 """
-
-
 FUSED = r"""
 // Elementwise layers fused into one pass each (each replaces 2-10 small torch ops, whose
 // per-op dispatch dominates at decode batch sizes). Numerics follow the torch modules:

@@ -11,6 +11,7 @@ from quire.backends.cpu.moe import pack_experts
 from quire.backends.cpu.quant_native import CpuQuantKernel
 from quire.backends.torch.executor import TorchExecutor
 from quire.core.executor import Capabilities, ModelInfo
+from quire.core.sizing import KV_QUANT_DTYPES
 
 
 class CpuExecutor(TorchExecutor):
@@ -28,6 +29,7 @@ class CpuExecutor(TorchExecutor):
             dtypes=("float32", "bfloat16", "float16"),
             default_dtype="bfloat16",
             block_sizes=(1, 2, 4, 8, 16, 32, 64, 128),
+            kv_cache_dtypes=("auto", *KV_QUANT_DTYPES),
         )
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:

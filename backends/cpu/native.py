@@ -60,7 +60,7 @@ def _sources() -> list[str]:
     return [csrc.COMMON + csrc.DECODE + csrc.FUSED]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v3", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v4", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace"],
                          "native CPU kernels (using the torch paths)")
 _load = _KERNELS.get
@@ -70,14 +70,20 @@ def available() -> bool:
     return os.environ.get("QUIRE_CPU_NATIVE", "1") != "0" and _load() is not None
 
 
+_KV_KINDS = {None: 0, "int8": 1, "fp8_e4m3": 2}
+
+
 def paged_decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                 sliding_window: int | None = None, soft_cap: float | None = None
-                 ) -> torch.Tensor:
-    """q [R, H, D]; key/value_cache [N, S, K, D] (contiguous); block_tables [R, B] int32;
-    seq_lens [R] int32 -> [R, H, D]. Softmax in fp32; call available() first."""
+                 sliding_window: int | None = None, soft_cap: float | None = None,
+                 kv_quant: str | None = None) -> torch.Tensor:
+    """q [R, H, D]; key/value_cache [N, S, K, D] (contiguous) in q's dtype, or with kv_quant
+    ("int8", "fp8_e4m3") uint8 [N, S, K, D + 4] (backends/torch/kv_quant.py);
+    block_tables [R, B] int32; seq_lens [R] int32 -> [R, H, D]. Softmax in fp32; call
+    available() first."""
     return _load().paged_decode(q.contiguous(), key_cache, value_cache, block_tables,
-                                seq_lens, scale, sliding_window or 0, soft_cap or 0.0)
+                                seq_lens, scale, sliding_window or 0, soft_cap or 0.0,
+                                _KV_KINDS[kv_quant])
 
 
 def module():

@@ -52,7 +52,14 @@ class AttentionImpl(ABC):
     """Paged attention over packed ragged queries: mixed prefill and decode, GQA, causal.
 
     The queries of request i are the last (query_start_loc[i+1] - query_start_loc[i]) of its
-    seq_lens[i] positions."""
+    seq_lens[i] positions.
+
+    8-bit KV caches (--kv-cache-dtype int8 | fp8_e4m3): an implementation that declares
+    them in kv_quant_dtypes gets a subclass with kv_quant set to the kind, and caches in
+    backends/torch/kv_quant.py's layout (uint8, each row D values then a float32 scale)."""
+
+    kv_quant_dtypes: tuple[str, ...] = ()
+    kv_quant: str | None = None
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_size: int, scale: float,
                  sliding_window: int | None = None, soft_cap: float | None = None) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from quire.backends.torch import kv_quant
 from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.loader import open_checkpoint
 from quire.backends.torch.models.registry import ModelFactory, resolve_architecture
@@ -84,6 +85,7 @@ class TorchExecutor(Executor):
         dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
         max_len = self.config.max_model_len or cfg.max_position_embeddings
         torch.manual_seed(self.config.seed)
+        self._use_kv_quant()
         shard_plan = None
         if self.tp is not None and self.tp.size > 1:
             shard_plan = plan(cfg, self.tp)
@@ -116,6 +118,18 @@ class TorchExecutor(Executor):
                     time.perf_counter() - start, quantized)
         return self.info
 
+    def _use_kv_quant(self) -> None:
+        """--kv-cache-dtype int8 | fp8_e4m3: the attention class for the model's layers
+        becomes a subclass with kv_quant set (before the model is built)."""
+        kind = getattr(self.config, "kv_cache_dtype", "auto")
+        if kind == "auto" or self.attention_cls.kv_quant == kind:
+            return
+        if kind not in self.attention_cls.kv_quant_dtypes:
+            raise ValueError(f"kv_cache_dtype {kind!r} is not supported by "
+                             f"{self.attention_cls.__name__}")
+        self.attention_cls = type(f"{self.attention_cls.__name__}KV8", (self.attention_cls,),
+                                  {"kv_quant": kind})
+
     def linear_method(self) -> LinearMethod | None:
         """The quantization method serving this load (None: dense weights only)."""
         name = self.config.quantization if self.config is not None else None
@@ -138,6 +152,11 @@ class TorchExecutor(Executor):
         shape = self.attention_cls.kv_cache_shape(num_blocks, block_size,
                                                   self.info.num_kv_heads, self.info.head_size)
         dtype = TORCH_DTYPES[self.info.dtype]
+        if self.attention_cls.kv_quant is not None:  # 8-bit rows: values, then a scale
+            shape = self.attention_cls.kv_cache_shape(num_blocks, block_size,
+                                                      self.info.num_kv_heads,
+                                                      kv_quant.row_bytes(self.info.head_size))
+            dtype = torch.uint8
         self.kv_caches = [torch.zeros(shape, dtype=dtype, device=self.device)
                           for _ in range(self.info.num_layers)]
 

@@ -19,7 +19,7 @@ from quire.backends.triton.quant import TritonQuantKernel
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, ModelInfo, ModelOutput
-from quire.core.sizing import block_table_width
+from quire.core.sizing import KV_QUANT_DTYPES, block_table_width
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class GpuExecutor(TorchExecutor):
             token_buckets=TOKEN_BUCKETS,
             request_buckets=GRAPH_BUCKETS,
             max_num_seqs=GRAPH_BUCKETS[-1],
+            kv_cache_dtypes=("auto", *KV_QUANT_DTYPES),
         )
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
@@ -117,4 +118,5 @@ class TritonInterpretExecutor(GpuExecutor):
     @classmethod
     def capabilities(cls) -> Capabilities:
         return Capabilities(dtypes=("float32", "bfloat16", "float16"), default_dtype="float32",
-                            block_sizes=(8, 16, 32, 64, 128))
+                            block_sizes=(8, 16, 32, 64, 128),
+                            kv_cache_dtypes=("auto", *KV_QUANT_DTYPES))

@@ -19,6 +19,12 @@ Cache layout: key/value cache [N, S, Hkv, D] each (one layer), any strides.
   (R, Hq). For decode (one query per request) with few requests and long contexts, the
   context is cut into P ranges whose partial results (output and log-sum-exp) are merged.
 
+8-bit caches (KV_QUANT 1: int8, 2: fp8 e4m3): each (token, head) row is D one-byte values
+then a float32 scale (backends/torch/kv_quant.py's layout; strides in bytes). A tile's keys
+and values are dequantized after loading (k_scale_ptr / v_scale_ptr: the same bytes as
+float32, the scale at byte offset row + D); e4m3 is decoded from its bits, so no target
+needs native fp8 support.
+
 Dots use input_precision="ieee": exact fp32 products for fp32 inputs (no TF32; gfx90a has
 none), and no effect on fp16/bf16 inputs, which the tensor cores take natively.
 UPCAST_DOT: Triton's CPU interpreter computes bf16 tl.dot wrongly (fp16 and fp32 are fine),
@@ -73,12 +79,27 @@ def _soft_cap(s, cap):
 
 
 @triton.jit
-def _attend_tiles(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_ptr,
-                  first_tile, end_tile, end_pos, kv_head, scale, soft_cap,
-                  stride_cn, stride_cs, stride_ch,
+def _dequant_rows(x, scale_ptr, row, in_range, HEAD: tl.constexpr, KV_QUANT: tl.constexpr):
+    """8-bit values x [TILE, DP] of the rows starting at byte offsets row [TILE] -> fp32."""
+    s = tl.load(scale_ptr + (row + HEAD) // 4, mask=in_range, other=0.0)
+    if KV_QUANT == 1:
+        v = x.to(tl.float32)
+    else:  # e4m3 from its bits: sign, 4 exponent bits (bias 7), 3 mantissa bits
+        b = x.to(tl.int32) & 0xFF
+        e = (b >> 3) & 0xF
+        m = (b & 7).to(tl.float32)
+        mag = tl.where(e == 0, m * 0.001953125, (m + 8.0) * tl.exp2((e - 10).to(tl.float32)))
+        v = tl.where(b >= 128, -mag, mag)
+    return v * s[:, None]
+
+
+@triton.jit
+def _attend_tiles(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, k_scale_ptr,
+                  v_scale_ptr, table_ptr, first_tile, end_tile, end_pos, kv_head, scale,
+                  soft_cap, stride_cn, stride_cs, stride_ch,
                   HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                   TILE: tl.constexpr, WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr,
-                  UPCAST_DOT: tl.constexpr):
+                  UPCAST_DOT: tl.constexpr, KV_QUANT: tl.constexpr):
     """Online softmax of q [M, DP] (positions q_pos [M]) over key tiles [first, end) of
     TILE positions each (keys at positions >= end_pos are masked). A tile may span several
     pages: each key's page comes from the block table, so TILE is free of BLOCK_SIZE."""
@@ -89,11 +110,14 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_ptr,
         k_pos = tile * TILE + offs_n
         in_range = k_pos < end_pos
         block = tl.load(table_ptr + k_pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
-        kv_off = block[:, None] * stride_cn + (k_pos % BLOCK_SIZE)[:, None] * stride_cs + \
-            kv_head * stride_ch + dims[None, :]
+        row = block * stride_cn + (k_pos % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
+        kv_off = row[:, None] + dims[None, :]
         load_mask = in_range[:, None] & d_ok
-        k = tl.load(k_cache_ptr + kv_off, mask=load_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_off, mask=load_mask, other=0.0)
+        k = tl.load(k_cache_ptr + kv_off, mask=load_mask, other=0)
+        v = tl.load(v_cache_ptr + kv_off, mask=load_mask, other=0)
+        if KV_QUANT > 0:
+            k = _dequant_rows(k, k_scale_ptr, row, in_range, HEAD, KV_QUANT).to(q.dtype)
+            v = _dequant_rows(v, v_scale_ptr, row, in_range, HEAD, KV_QUANT).to(q.dtype)
         if UPCAST_DOT:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -116,14 +140,14 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_ptr,
 
 @triton.jit
 def _unified_attention_kernel(
-        out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, qsl_ptr, seq_lens_ptr,
-        scale, soft_cap, num_reqs,
+        out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, tables_ptr,
+        qsl_ptr, seq_lens_ptr, scale, soft_cap, num_reqs,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_cn, stride_cs, stride_ch,
         stride_bt,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
         HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr,
         TILE: tl.constexpr, WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr,
-        UPCAST_DOT: tl.constexpr):
+        UPCAST_DOT: tl.constexpr, KV_QUANT: tl.constexpr):
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     req = _find_request(qsl_ptr, num_reqs, program, BLOCK_Q)
@@ -157,10 +181,10 @@ def _unified_attention_kernel(
     m_i = tl.full([M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([M], dtype=tl.float32)
     acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, tables_ptr + req * stride_bt,
-        first_tile, tl.cdiv(end_pos, TILE), end_pos, kv_head, scale, soft_cap,
-        stride_cn, stride_cs, stride_ch, HEAD, HEAD_PAD, BLOCK_SIZE, TILE, WINDOW,
-        USE_SOFT_CAP, UPCAST_DOT)
+        acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr,
+        tables_ptr + req * stride_bt, first_tile, tl.cdiv(end_pos, TILE), end_pos, kv_head,
+        scale, soft_cap, stride_cn, stride_cs, stride_ch, HEAD, HEAD_PAD, BLOCK_SIZE, TILE,
+        WINDOW, USE_SOFT_CAP, UPCAST_DOT, KV_QUANT)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -168,13 +192,13 @@ def _unified_attention_kernel(
 
 @triton.jit
 def _split_kv_decode_kernel(
-        part_out_ptr, part_lse_ptr, q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, qsl_ptr,
-        seq_lens_ptr, scale, soft_cap,
+        part_out_ptr, part_lse_ptr, q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr,
+        v_scale_ptr, tables_ptr, qsl_ptr, seq_lens_ptr, scale, soft_cap,
         stride_qt, stride_qh, stride_cn, stride_cs, stride_ch, stride_bt,
         NUM_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, WINDOW: tl.constexpr,
-        USE_SOFT_CAP: tl.constexpr, UPCAST_DOT: tl.constexpr):
+        USE_SOFT_CAP: tl.constexpr, UPCAST_DOT: tl.constexpr, KV_QUANT: tl.constexpr):
     """Partial results: part_out [R, Hq, P, DP] fp32, part_lse [R, Hq, P] fp32."""
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -205,9 +229,10 @@ def _split_kv_decode_kernel(
     m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([ROWS], dtype=tl.float32)
     acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, tables_ptr + req * stride_bt,
-        begin, end, seq_len, kv_head, scale, soft_cap, stride_cn, stride_cs, stride_ch,
-        HEAD, HEAD_PAD, BLOCK_SIZE, TILE, WINDOW, USE_SOFT_CAP, UPCAST_DOT)
+        acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr,
+        tables_ptr + req * stride_bt, begin, end, seq_len, kv_head, scale, soft_cap,
+        stride_cn, stride_cs, stride_ch, HEAD, HEAD_PAD, BLOCK_SIZE, TILE, WINDOW,
+        USE_SOFT_CAP, UPCAST_DOT, KV_QUANT)
     safe_l = tl.where(l_i == 0.0, 1.0, l_i)
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(safe_l))
     base = (req * NUM_HEADS + head) * NUM_SPLITS + split

@@ -15,7 +15,10 @@
    (several query tokens after a cached context, a logits row per position) give the same
    greedy tokens as the cpu backend without speculation (n-gram and draft-model
    proposers), and seeded sampling gives the same tokens as the backend itself without
-   speculation.
+   speculation;
+6. 8-bit KV caches it declares (Capabilities.kv_cache_dtypes: "int8", "fp8_e4m3"): greedy
+   tokens equal the cpu backend's with the same cache, with chunked prefill and prefix
+   hits, in at most two thirds of the bf16 cache's bytes per block.
 
 A backend that is not registered, not available, or whose plugin or executor fails to
 load is a failure with the reason, never a silent pass (--quire-skip-unavailable turns that
@@ -190,12 +193,18 @@ def model_dir(tmp_path_factory) -> str:
 
 
 def _generate(model_dir: str, backend: str, dtype: str, block_size: int,
-              tensor_parallel_size: int = 1):
+              tensor_parallel_size: int = 1, kv_cache_dtype: str = "auto",
+              facts: dict | None = None):
+    """(first, again) outputs; facts, when given, gets the engine's bytes_per_block."""
     from quire import LLM, SamplingParams
 
     llm = LLM(model_dir, backend=backend, dtype=dtype, block_size=block_size,
               num_blocks=1 + 4 * cdiv(128, block_size), max_model_len=128,
-              max_num_batched_tokens=32, tensor_parallel_size=tensor_parallel_size)
+              max_num_batched_tokens=32, tensor_parallel_size=tensor_parallel_size,
+              kv_cache_dtype=kv_cache_dtype)
+    if facts is not None:
+        facts["bytes_per_block"] = llm.engine.executor.kv_cache_bytes_per_block(block_size)
+        facts["info"] = llm.engine.model_info
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
     first = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     again = llm.generate([{"prompt_token_ids": p} for p in PROMPTS[:2]], params,
@@ -341,3 +350,33 @@ def test_speculative_decoding_matches_plain(backend, caps, model_dir):
                                 greedy)
     _assert_greedy_equal(ref, got, NEAR_TIE.get(dtype, NEAR_TIE["bfloat16"]))
     assert stats.num_accepted_tokens >= 0.9 * stats.num_draft_tokens > 0, stats
+
+
+# -- 8-bit KV cache ------------------------------------------------------------------------
+_KV_REFERENCE: dict[str, list] = {}
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8_e4m3"])
+def test_quantized_kv_cache_matches_cpu(backend, caps, model_dir, kind):
+    """--kv-cache-dtype int8 / fp8_e4m3, where the backend declares it: the cpu backend with
+    the same cache is the reference (its kernels are checked against attention over the
+    dequantized cache), so the backend must store what the layout says (one byte per value,
+    a float32 scale per token and KV head) and read it back the same way."""
+    from quire.core.sizing import kv_cache_bytes_per_block
+
+    if kind not in caps.kv_cache_dtypes:
+        pytest.skip(f"kv_cache_dtype {kind} not declared "
+                    f"(kv_cache_dtypes={caps.kv_cache_dtypes})")
+    dtype = "float32" if "float32" in caps.dtypes else caps.default_dtype
+    if kind not in _KV_REFERENCE:
+        _KV_REFERENCE[kind] = _generate(model_dir, "cpu", dtype, 16, kv_cache_dtype=kind)[0]
+    facts: dict = {}
+    first, again = _generate(model_dir, backend.spec.name, dtype, caps.default_block_size,
+                             kv_cache_dtype=kind, facts=facts)
+    near_tie = NEAR_TIE.get(dtype, NEAR_TIE["bfloat16"])
+    _assert_greedy_equal(_KV_REFERENCE[kind], first, near_tie)
+    _assert_greedy_equal(first[:2], again, 0.0)
+    bf16 = kv_cache_bytes_per_block(facts["info"], caps.default_block_size)
+    if facts["info"].dtype != "bfloat16":
+        bf16 = bf16 * 2 // {"float32": 4, "float16": 2}[facts["info"].dtype]
+    assert facts["bytes_per_block"] * 3 <= bf16 * 2, (facts["bytes_per_block"], bf16)

@@ -41,6 +41,10 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
             sig[name] = "*fp32"
         elif name == "qw_ptr":
             sig[name] = "*u8" if constexprs.get("BITS") == 4 else "*i8"
+        elif name in ("k_scale_ptr", "v_scale_ptr"):
+            sig[name] = "*fp32" if constexprs.get("KV_QUANT") else f"*{dtype}"
+        elif name in ("k_cache_ptr", "v_cache_ptr") and constexprs.get("KV_QUANT"):
+            sig[name] = "*i8" if constexprs["KV_QUANT"] == 1 else "*u8"
         elif name in ("scales_ptr", "mins_ptr"):
             sig[name] = "*fp16"
         elif name == "slot_ptr":
@@ -68,14 +72,16 @@ def variants(cfg: KernelConfig):
     for dtype in ("bf16", "fp16"):
         yield kernels._write_kv_kernel, dtype, {"NUM_KV_HEADS": 3, "HEADS_PAD": 4, "HEAD": 80,
                                                 "HEAD_PAD": 128, "BLOCK_SIZE": 16}
-    for dtype, group, head, window, cap, max_q in [
-        ("bf16", 4, 128, 0, False, 1), ("bf16", 4, 128, 0, False, 512),
-        ("fp16", 1, 64, 4096, False, 64), ("bf16", 3, 80, 0, True, 128),
-        ("fp32", 8, 256, 0, False, 1), ("bf16", 8, 96, 0, False, 2048),
+    for dtype, group, head, window, cap, max_q, kv_quant in [
+        ("bf16", 4, 128, 0, False, 1, 0), ("bf16", 4, 128, 0, False, 512, 0),
+        ("fp16", 1, 64, 4096, False, 64, 0), ("bf16", 3, 80, 0, True, 128, 0),
+        ("fp32", 8, 256, 0, False, 1, 0), ("bf16", 8, 96, 0, False, 2048, 0),
+        ("bf16", 4, 128, 0, False, 256, 1), ("fp16", 4, 64, 0, False, 1, 2),  # 8-bit caches
     ]:
         tile = cfg.decode_tile if max_q == 1 else cfg.prefill_tile
         common = {"HEAD": head, "HEAD_PAD": next_pow2(head), "BLOCK_SIZE": 16, "TILE": tile,
-                  "WINDOW": window, "USE_SOFT_CAP": cap, "UPCAST_DOT": False}
+                  "WINDOW": window, "USE_SOFT_CAP": cap, "UPCAST_DOT": False,
+                  "KV_QUANT": kv_quant}
         yield kernels._unified_attention_kernel, dtype, {
             "GROUP": group, "GROUP_PAD": next_pow2(group),
             "BLOCK_Q": block_q_for(group, max_q, cfg), **common}
