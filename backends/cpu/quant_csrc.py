@@ -5,8 +5,9 @@ Layout: quire.models.quant.PackedWeight — N output rows, K inputs, groups of G
 keeps it (byte j of a group of 32: input j low nibble, input j + 16 high nibble), 8-bit q as
 signed bytes; scales and mins float16 (S = uint16_t) or float32 (K-quants).
 
-Paths, chosen at run time: AVX2 + FMA + F16C where the CPU reports them (functions compiled
-with target attributes, so one build serves every x86-64 machine), else portable C++.
+Paths, chosen at run time by what the CPU reports: AVX-512 (F + BW + VL, with FMA and F16C:
+16-float vectors, one per 16 inputs), else AVX2 + FMA + F16C (8-float vectors), else portable
+C++. The SIMD functions carry target attributes, so one build serves every x86-64 machine.
 """
 
 SOURCE = r"""
@@ -167,6 +168,78 @@ QUIRE_AVX2 static void gemv_rows_f32(const float* x, const float* xsum, const ui
   }
 }
 
+// The same float tile with 16-float vectors: 32 inputs' weights become two vectors (inputs
+// 0..15, 16..31 — for 4-bit, a group's low and high nibbles), then two FMAs per row.
+#define QUIRE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+QUIRE_AVX512 static inline __m512 widen16(__m128i bytes, bool is_signed) {
+  return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(bytes)
+                                      : _mm512_cvtepu8_epi32(bytes));
+}
+
+template <int BITS, int GS, typename S, int MC>
+QUIRE_AVX512 static inline void tile_f32_512(const float* x, const float* xsum,
+                                             const uint8_t* qw, const S* sc, const S* mn,
+                                             float* y, int64_t m0, int64_t N, int64_t K,
+                                             int64_t n) {
+  const int64_t G = K / GS;
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  __m512 acc[MC];
+  for (int m = 0; m < MC; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < K / 32; ++c) {
+    __m512 w0, w1;
+    if (BITS == 4) {
+      const __m128i q =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(qw + n * (K / 2) + c * 16));
+      w0 = widen16(_mm_and_si128(q, low4), false);
+      w1 = widen16(_mm_and_si128(_mm_srli_epi16(q, 4), low4), false);
+    } else {
+      const uint8_t* p = qw + n * K + c * 32;
+      w0 = widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), true);
+      w1 = widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)), true);
+    }
+    if (GS == 32) {
+      const __m512 s = _mm512_set1_ps(sval_avx(sc[n * G + c]));
+      for (int m = 0; m < MC; ++m) {
+        const float* xm = x + (m0 + m) * K + c * 32;
+        const __m512 d = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xm + 16),
+                                         _mm512_mul_ps(w0, _mm512_loadu_ps(xm)));
+        acc[m] = _mm512_fmadd_ps(d, s, acc[m]);
+      }
+    } else {  // GS == 16: each vector is one group
+      const __m512 s0 = _mm512_set1_ps(sval_avx(sc[n * G + 2 * c]));
+      const __m512 s1 = _mm512_set1_ps(sval_avx(sc[n * G + 2 * c + 1]));
+      for (int m = 0; m < MC; ++m) {
+        const float* xm = x + (m0 + m) * K + c * 32;
+        acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(w1, _mm512_loadu_ps(xm + 16)), s1,
+                                 _mm512_fmadd_ps(_mm512_mul_ps(w0, _mm512_loadu_ps(xm)), s0,
+                                                 acc[m]));
+      }
+    }
+  }
+  for (int m = 0; m < MC; ++m)
+    y[(m0 + m) * N + n] =
+        _mm512_reduce_add_ps(acc[m]) + (mn ? min_term(mn, xsum, G, n, m0 + m) : 0.f);
+}
+
+template <int BITS, int GS, typename S>
+QUIRE_AVX512 static void gemv_rows_f32_512(const float* x, const float* xsum,
+                                           const uint8_t* qw, const S* sc, const S* mn,
+                                           float* y, int64_t M, int64_t N, int64_t K,
+                                           int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m0 = 0; m0 < M; m0 += 8) {
+      switch (std::min<int64_t>(8, M - m0)) {
+#define QUIRE_TILE(R) \
+  case R: tile_f32_512<BITS, GS, S, R>(x, xsum, qw, sc, mn, y, m0, N, K, n); break;
+        QUIRE_TILE(1) QUIRE_TILE(2) QUIRE_TILE(3) QUIRE_TILE(4)
+        QUIRE_TILE(5) QUIRE_TILE(6) QUIRE_TILE(7) QUIRE_TILE(8)
+#undef QUIRE_TILE
+      }
+    }
+  }
+}
+
 // 8-bit activations (llama.cpp's scheme; groups of 32, float16 scales only): each row of x
 // is quantized per group of 32 to int8 with its own scale (xq, xd), so a group's dot product
 // is two integer instructions (maddubs: unsigned x signed bytes -> int16 pairs; madd ->
@@ -218,13 +291,17 @@ QUIRE_AVX2 static void gemv_rows_i8(const int8_t* xq, const float* xd, const flo
 }
 #endif
 
-static bool has_avx2() {
+// The best path this CPU runs: 2 AVX-512, 1 AVX2, 0 portable.
+static int best_path() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return avx512 ? 2 : avx2 ? 1 : 0;
 #else
-  return false;
+  return 0;
 #endif
 }
 
@@ -242,11 +319,12 @@ static void quantize_rows(const float* x, int8_t* xq, float* xd, int64_t M, int6
 }
 
 template <int BITS, int GS, typename S>
-static void gemv(bool avx2, const float* x, const float* xsum, const uint8_t* qw, const S* sc,
+static void gemv(int path, const float* x, const float* xsum, const uint8_t* qw, const S* sc,
                  const S* mn, float* y, int64_t M, int64_t N, int64_t K, int64_t n0,
                  int64_t n1) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (avx2) return gemv_rows_f32<BITS, GS, S>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
+  if (path == 2) return gemv_rows_f32_512<BITS, GS, S>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
+  if (path == 1) return gemv_rows_f32<BITS, GS, S>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
 #endif
   gemv_rows_portable<BITS, GS, S>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
 }
@@ -290,11 +368,11 @@ static void dispatch(int64_t bits, int64_t group, const torch::Tensor& scales, F
 }
 
 // x [M, K] float32 contiguous; qweight; scales [N, K/group] and mins (or an empty tensor),
-// float16 or float32 -> y [M, N] float32. portable: the plain C++ path even where AVX2 is
-// there (tests); int8_act: 8-bit activations (groups of 32 with float16 scales; faster, not
-// exact).
+// float16 or float32 -> y [M, N] float32. path: the most this call may use (2 AVX-512,
+// 1 AVX2, 0 portable; tests pin lower ones), capped by what the CPU has; int8_act: 8-bit
+// activations (AVX2, groups of 32 with float16 scales; faster, not exact).
 torch::Tensor quant_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
-                         torch::Tensor mins, int64_t bits, int64_t group, bool portable,
+                         torch::Tensor mins, int64_t bits, int64_t group, int64_t max_path,
                          bool int8_act) {
   const int64_t M = x.size(0), K = x.size(1), N = scales.size(0), G = K / group;
   auto y = torch::empty({M, N}, x.options());
@@ -303,8 +381,9 @@ torch::Tensor quant_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor s
   const float* sp = xsum.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const uint8_t* qp = reinterpret_cast<const uint8_t*>(qweight.data_ptr());
-  static const bool has = has_avx2();
-  const bool avx2 = has && !portable;
+  static const int best = best_path();
+  const int path = static_cast<int>(std::min<int64_t>(best, max_path));
+  const bool avx2 = path >= 1;
 #if defined(__x86_64__) && defined(__GNUC__)
   if (avx2 && int8_act && group == 32 && scales.scalar_type() == torch::kHalf) {
     std::vector<int8_t> xq(M * K);
@@ -324,7 +403,7 @@ torch::Tensor quant_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor s
     const S* sc = ptr<S>(scales);
     const S* mn = ptr<S>(mins);
     at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-      gemv<decltype(b)::value, decltype(gs)::value, S>(avx2, xp, sp, qp, sc, mn, yp, M, N, K,
+      gemv<decltype(b)::value, decltype(gs)::value, S>(path, xp, sp, qp, sc, mn, yp, M, N, K,
                                                         n0, n1);
     });
   });
@@ -348,7 +427,10 @@ torch::Tensor quant_dequantize(torch::Tensor qweight, torch::Tensor scales, torc
   return out;
 }
 
-// The path quant_gemv takes on this CPU: "avx2" (AVX2 + FMA + F16C, also on AVX-512
-// machines) or "portable" (plain C++, any CPU).
-std::string quant_isa() { return has_avx2() ? "avx2" : "portable"; }
+// The path quant_gemv takes on this CPU: "avx512", "avx2" (AVX2 + FMA + F16C) or
+// "portable" (plain C++, any CPU).
+std::string quant_isa() {
+  const int p = best_path();
+  return p == 2 ? "avx512" : p == 1 ? "avx2" : "portable";
+}
 """

@@ -1,8 +1,9 @@
 """The cpu backend's packed-weight kernel (sources in quant_csrc.py), built on first use:
 
 - decode rows (up to FUSED_ROWS): a fused dequantize-dot that streams the packed weights
-  once per step for all rows, in float (exact against the dequantized weights). An AVX2+FMA
-  version is chosen at run time when the CPU reports it, else a portable C++ loop. An
+  once per step for all rows, in float (exact against the dequantized weights). An AVX-512
+  version (16-float vectors) or an AVX2+FMA one (8-float) is chosen at run time by what the
+  CPU reports, else a portable C++ loop. An
   optional 8-bit-activation variant (int8_activations=True, llama.cpp's scheme: two
   integer instructions per group) trades exactness for speed; it is not the default because
   on the bundled model it flips near-tied tokens (its chat answer to "What is the capital
@@ -33,7 +34,7 @@ def _sources() -> list[str]:
 
 
 # No -march=native: the AVX2 functions carry target attributes and are chosen at run time.
-_KERNEL = LazyExtension("quire_cpu_quant_v9", _sources,
+_KERNEL = LazyExtension("quire_cpu_quant_v10", _sources,
                         ["quant_gemv", "quant_dequantize", "quant_isa"],
                         "native quantized-matmul kernel (packed weights get dequantized at "
                         "load)", march_native=False)
@@ -49,19 +50,25 @@ def isa() -> str:
     return _load().quant_isa()
 
 
+_PATHS = {"portable": 0, "avx2": 1, "avx512": 2}
+
+
 class CpuQuantKernel:
     formats = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
                          "int8", "gptq", "awq"})
 
-    def __init__(self, portable: bool = False, int8_activations: bool = False) -> None:
-        self.portable = portable  # the plain C++ path even where AVX2 is there (tests)
+    def __init__(self, portable: bool = False, int8_activations: bool = False,
+                 isa: str | None = None) -> None:
+        """portable / isa ("portable", "avx2", "avx512"): the most this kernel may use
+        (tests pin the narrower paths; the CPU's own limit still applies)."""
+        self.max_path = _PATHS[isa or ("portable" if portable else "avx512")]
         self.int8_activations = int8_activations
 
     def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         xf = x.float().contiguous()
         if x.shape[0] <= FUSED_ROWS:
             y = _load().quant_gemv(xf, layer.qweight, layer.scales, layer.mins, layer.bits,
-                                   layer.group_size, self.portable, self.int8_activations)
+                                   layer.group_size, self.max_path, self.int8_activations)
         else:
             y = F.linear(xf, self.dequantize(layer))
         return y.to(x.dtype)

@@ -59,6 +59,8 @@ def test_kernel_equals_dequantized_reference(qtype, n, k, rows):
     scale = want.abs().max()  # (K-quant test weights are large: compare relative to them)
     torch.testing.assert_close(layer(x) / scale, want / scale, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(portable(x) / scale, want / scale, rtol=1e-4, atol=1e-5)
+    avx2 = layer_for(pw, quant_native.CpuQuantKernel(isa="avx2"))  # below this CPU's best
+    torch.testing.assert_close(avx2(x) / scale, want / scale, rtol=1e-4, atol=1e-5)
     # 8-bit activations (per group of 32): each input is off by at most half a step,
     # max|x over its group| / 254, so an output is off by at most the sum over groups of
     # that times the group's sum of |w|.
@@ -88,4 +90,4 @@ def test_embedding_rows_dequantize_exactly(qtype):
 
 
 def test_isa_is_reported():
-    assert quant_native.isa() in ("avx2", "portable")
+    assert quant_native.isa() in ("avx512", "avx2", "portable")
