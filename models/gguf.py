@@ -22,8 +22,11 @@ from quire.models.quant import PackedWeight, from_gguf
 logger = logging.getLogger(__name__)
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM", "qwen3moe": "Qwen3MoeForCausalLM"}
-_MODEL_TYPES = {"qwen3moe": "qwen3_moe"}
+                  "qwen3": "Qwen3ForCausalLM", "qwen3moe": "Qwen3MoeForCausalLM",
+                  "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+                  "phi3": "Phi3ForCausalLM"}
+_MODEL_TYPES = {"qwen3moe": "qwen3_moe", "gemma3": "gemma3_text"}
+_GEMMA = ("gemma2", "gemma3")
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -34,6 +37,16 @@ _LAYER_NAMES = {
     # mixture of experts: the router and the experts stacked in one 3-D tensor each
     "ffn_gate_inp": "mlp.gate", "ffn_down_exps": "mlp.experts.down_proj",
 }
+# Where an architecture's tensors differ from llama's names. Gemma's sandwich norms: ffn_norm
+# is the pre-feedforward norm, post_attention_norm / post_ffw_norm the two post norms.
+# Phi-3's fused projections: attn_qkv, and ffn_up holding gate then up.
+_ARCH_LAYER_NAMES = {
+    "gemma2": {"ffn_norm": "pre_feedforward_layernorm",
+               "post_attention_norm": "post_attention_layernorm",
+               "post_ffw_norm": "post_feedforward_layernorm"},
+    "phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+}
+_ARCH_LAYER_NAMES["gemma3"] = _ARCH_LAYER_NAMES["gemma2"]
 # Stacked gate and up experts ([E, I, H] each): concatenated into HF's stacked gate_up_proj.
 _GATE_UP_EXPERTS = ("ffn_gate_exps", "ffn_up_exps")
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
@@ -82,7 +95,7 @@ def gguf_config(reader) -> dict[str, Any]:
                             if f"blk.{i}.ffn_gate_inp.weight" not in names],
     }
     return {
-        **identity, **moe,
+        **identity, **moe, **_arch_config(reader, arch, num_heads, hidden),
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": _field(reader, p + "feed_forward_length"),
@@ -99,6 +112,70 @@ def gguf_config(reader) -> dict[str, Any]:
     }
 
 
+def _arch_config(reader, arch: str, num_heads: int, hidden: int) -> dict[str, Any]:
+    """The config entries of Gemma 2 / 3 and Phi-3 files, as llama.cpp writes and reads them.
+
+    Gemma: soft-caps and the window from the metadata. The query scale is
+    {arch}.attention.scale where a file has it; else llama.cpp's own rule (1 / sqrt(head
+    size), or 1 / sqrt(hidden / heads) for the 27B models, 46 / 62 layers), which is what
+    query_pre_attn_scalar says in the HF configs of the released models. Gemma 3's window
+    pattern is {arch}.attention.sliding_window_pattern where present, else every sixth layer
+    global (llama.cpp's fixed pattern); its local layers use rope base 10000.
+    Phi-3: the rotary dimension and LongRoPE's factors, which llama.cpp stores as tensors
+    (rope_factors_long / _short)."""
+    p = arch + "."
+    layers = _field(reader, p + "block_count")
+    if arch in _GEMMA:
+        head = _field(reader, p + "attention.key_length", hidden // num_heads)
+        scale = _field(reader, p + "attention.scale")
+        scalar = head if layers not in (46, 62) else hidden // num_heads
+        out: dict[str, Any] = {
+            "head_dim": head,
+            "query_pre_attn_scalar": scale**-2 if scale else scalar,
+            "sliding_window": _field(reader, p + "attention.sliding_window"),
+            "hidden_activation": "gelu_pytorch_tanh",
+        }
+        if arch == "gemma2":
+            out["attn_logit_softcapping"] = _field(reader, p + "attn_logit_softcapping")
+            out["final_logit_softcapping"] = _field(reader, p + "final_logit_softcapping")
+            return out
+        pattern = _field(reader, p + "attention.sliding_window_pattern", 6)
+        if isinstance(pattern, list):  # one flag per layer: sliding or not
+            out["layer_types"] = ["sliding_attention" if s else "full_attention"
+                                  for s in pattern]
+        else:
+            out["layer_types"] = ["full_attention" if (i + 1) % pattern == 0 else
+                                  "sliding_attention" for i in range(layers)]
+        full: dict[str, Any] = {"rope_type": "default",
+                                "rope_theta": _field(reader, p + "rope.freq_base", 1e6)}
+        if _field(reader, p + "rope.scaling.type") == "linear":
+            full = {**full, "rope_type": "linear",
+                    "factor": _field(reader, p + "rope.scaling.factor")}
+        out["rope_parameters"] = {"full_attention": full, "sliding_attention": {
+            "rope_type": "default", "rope_theta": 10000.0}}
+        return out
+    if arch == "phi3":
+        head = hidden // num_heads
+        rot = _field(reader, p + "rope.dimension_count", head)
+        rope: dict[str, Any] = {"rope_type": "default",
+                                "rope_theta": _field(reader, p + "rope.freq_base", 10000.0),
+                                "partial_rotary_factor": rot / head}
+        factors = {t.name: np.asarray(t.data, np.float32).tolist() for t in reader.tensors
+                   if t.name in ("rope_factors_long.weight", "rope_factors_short.weight")}
+        if factors:
+            rope.update(rope_type="longrope",
+                        long_factor=factors["rope_factors_long.weight"],
+                        short_factor=factors["rope_factors_short.weight"])
+            attn = _field(reader, p + "rope.scaling.attn_factor")
+            if attn is not None:
+                rope["attention_factor"] = attn
+        return {"rope_parameters": rope, "original_max_position_embeddings":
+                _field(reader, p + "rope.scaling.original_context_length")
+                or _field(reader, p + "context_length", 2048),
+                "sliding_window": _field(reader, p + "attention.sliding_window")}
+    return {}
+
+
 def _unpermute_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
     """llama.cpp's converter interleaves the two rotary halves of each q/k head; undo it to
     get back HF's rotate-half layout. w: [num_heads * head_size, ...]."""
@@ -113,6 +190,9 @@ def gguf_weights(reader, config: dict[str, Any], keep_quantized: bool = False
 
     permute = config["model_type"] in ("llama", "mixtral")
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    arch = _field(reader, "general.architecture")
+    layer_names = {**_LAYER_NAMES, **_ARCH_LAYER_NAMES.get(arch, {})}
+    norm_shift = arch in _GEMMA  # llama.cpp stores Gemma's norms as 1 + w; HF as w
     plain = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
     dequantized: set[str] = set()
     gate_up: dict[str, dict[str, np.ndarray]] = {}
@@ -126,11 +206,13 @@ def gguf_weights(reader, config: dict[str, Any], keep_quantized: bool = False
                        np.concatenate([halves[n] for n in _GATE_UP_EXPERTS], axis=1))
                 del gate_up[m.group(1)]
             continue
+        if t.name in ("rope_factors_long.weight", "rope_factors_short.weight"):
+            continue  # in the config (LongRoPE's factors)
         if m is None and t.name not in _GLOBAL_NAMES or \
-                m is not None and m.group(2) not in _LAYER_NAMES:
+                m is not None and m.group(2) not in layer_names:
             raise ValueError(f"unexpected GGUF tensor {t.name!r}")
         name = _GLOBAL_NAMES[t.name] if m is None else \
-            f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+            f"model.layers.{m.group(1)}.{layer_names[m.group(2)]}.{m.group(3)}"
         if m is not None and m.group(2).endswith("_exps"):
             name = name.removesuffix(".weight")  # HF's stacked experts carry no suffix
         part = None if m is None else m.group(2)
@@ -143,6 +225,8 @@ def gguf_weights(reader, config: dict[str, Any], keep_quantized: bool = False
         if permute and part in heads:
             w = _unpermute_rope(w, heads[part]) if isinstance(w, np.ndarray) else \
                 w.rows(_unpermute_rope(np.arange(w.shape[0]), heads[part]))
+        if norm_shift and name.endswith("norm.weight"):
+            w = np.asarray(w, np.float32) - 1
         yield name, w
 
 
