@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from quire.models.quant import PackedWeight, from_gguf
+from quire.models.quant import (
+    PackedExperts,
+    PackedWeight,
+    concat_rows,
+    experts_from_gguf,
+    from_gguf,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -200,10 +206,18 @@ def gguf_weights(reader, config: dict[str, Any], keep_quantized: bool = False
         m = _LAYER_RE.fullmatch(t.name)
         if m is not None and m.group(2) in _GATE_UP_EXPERTS:
             halves = gate_up.setdefault(m.group(1), {})
-            halves[m.group(2)] = _dense(t, dequantize, plain, dequantized, keep_quantized)
+            halves[m.group(2)] = _experts(t, dequantize, plain, dequantized, keep_quantized)
             if len(halves) == 2:  # HF's stacked layout: [E, 2I, H], gate then up
-                yield (f"model.layers.{m.group(1)}.mlp.experts.gate_up_proj",
-                       np.concatenate([halves[n] for n in _GATE_UP_EXPERTS], axis=1))
+                gate, up = (halves[n] for n in _GATE_UP_EXPERTS)
+                if isinstance(gate, PackedExperts) and isinstance(up, PackedExperts):
+                    try:
+                        fused: np.ndarray | PackedExperts = PackedExperts(tuple(
+                            concat_rows([g, u]) for g, u in zip(gate.experts, up.experts)))
+                    except ValueError:  # halves of different formats
+                        fused = np.concatenate([gate.dequantize(), up.dequantize()], axis=1)
+                else:
+                    fused = np.concatenate([_as_dense(gate), _as_dense(up)], axis=1)
+                yield f"model.layers.{m.group(1)}.mlp.experts.gate_up_proj", fused
                 del gate_up[m.group(1)]
             continue
         if t.name in ("rope_factors_long.weight", "rope_factors_short.weight"):
@@ -216,8 +230,10 @@ def gguf_weights(reader, config: dict[str, Any], keep_quantized: bool = False
         if m is not None and m.group(2).endswith("_exps"):
             name = name.removesuffix(".weight")  # HF's stacked experts carry no suffix
         part = None if m is None else m.group(2)
-        w: np.ndarray | PackedWeight | None = None
-        if keep_quantized and len(t.shape) == 2:
+        w: np.ndarray | PackedWeight | PackedExperts | None = None
+        if part is not None and part.endswith("_exps"):
+            w = _experts(t, dequantize, plain, dequantized, keep_quantized)
+        elif keep_quantized and len(t.shape) == 2:
             n, k = int(t.shape[1]), int(t.shape[0])  # GGUF lists dimensions innermost first
             w = from_gguf(t.data, int(t.tensor_type), (n, k))
         if w is None:
@@ -228,6 +244,21 @@ def gguf_weights(reader, config: dict[str, Any], keep_quantized: bool = False
         if norm_shift and name.endswith("norm.weight"):
             w = np.asarray(w, np.float32) - 1
         yield name, w
+
+
+def _experts(t, dequantize, plain, dequantized: set[str], keep_quantized: bool
+             ) -> np.ndarray | PackedExperts:
+    """A 3-D expert stack: kept quantized (one PackedWeight per expert) where it can be."""
+    if keep_quantized and len(t.shape) == 3:
+        k, n, e = (int(d) for d in t.shape)  # innermost first
+        packed = experts_from_gguf(t.data, int(t.tensor_type), (e, n, k))
+        if packed is not None:
+            return packed
+    return _dense(t, dequantize, plain, dequantized, keep_quantized)
+
+
+def _as_dense(w: np.ndarray | PackedExperts) -> np.ndarray:
+    return w.dequantize() if isinstance(w, PackedExperts) else w
 
 
 def _dense(t, dequantize, plain, dequantized: set[str], keep_quantized: bool) -> np.ndarray:

@@ -65,10 +65,13 @@ def quant_method(config: dict[str, Any]) -> dict[str, Any] | None:
 def merge_quantized(weights: Iterable[tuple[str, Any]], qc: dict[str, Any]
                     ) -> Iterator[tuple[str, Any]]:
     """The checkpoint's tensors with each quantized layer's parts (X.qweight, X.qzeros,
-    X.scales[, X.g_idx]) replaced by one X.weight PackedWeight; other tensors pass through."""
+    X.scales[, X.g_idx]) replaced by one X.weight PackedWeight; other tensors pass through.
+    A layer whose layout the kernels do not take (inputs or groups not multiples of 32)
+    comes dense (float32, the format's own formula), said once in the log."""
     method = qc["quant_method"]
     parts_of = _PARTS[method]
     pending: dict[str, dict[str, np.ndarray]] = {}
+    told = False
     for name, w in weights:
         prefix, _, leaf = name.rpartition(".")
         if leaf not in parts_of:
@@ -78,7 +81,14 @@ def merge_quantized(weights: Iterable[tuple[str, Any]], qc: dict[str, Any]
         parts[leaf] = np.asarray(w)
         if len(parts) == len(parts_of):
             del pending[prefix]
-            yield prefix + ".weight", unpack(method, parts, qc)
+            try:
+                yield prefix + ".weight", unpack(method, parts, qc)
+            except ValueError as exc:
+                if not told:
+                    logger.info("%s layers dequantized at load where packing cannot keep "
+                                "them (%s, e.g. %s)", method.upper(), exc, prefix)
+                    told = True
+                yield prefix + ".weight", dequantize_reference(method, parts, qc)
     if pending:
         prefix, parts = next(iter(pending.items()))
         missing = sorted(set(parts_of) - set(parts))
@@ -194,7 +204,7 @@ def quantize_gptq(w: np.ndarray, bits: int = 4, group_size: int = 128, desc_act:
     order = np.random.default_rng(seed).permutation(k) if desc_act else np.arange(k)
     g_idx = np.empty(k, np.int32)
     g_idx[order] = np.arange(k) // g  # the i-th input processed belongs to group i // g
-    q, zeros, scales = _round_groups(w.T.astype(np.float32), g_idx, k // g, bits, sym)
+    q, zeros, scales = _round_groups(w.T.astype(np.float32), g_idx, -(-k // g), bits, sym)
     return {"qweight": _pack_rows(q, bits).view(np.int32),
             "qzeros": _pack_rows((zeros - 1).T.astype(np.uint32) & ((1 << bits) - 1),
                                  bits).T.copy().view(np.int32),
@@ -205,7 +215,7 @@ def quantize_awq(w: np.ndarray, group_size: int = 128) -> dict[str, np.ndarray]:
     """A dense [N, K] weight in AWQ's (gemm) tensors, asymmetric per group."""
     n, k = w.shape
     g = k if group_size <= 0 else group_size
-    q, zeros, scales = _round_groups(w.T.astype(np.float32), np.arange(k) // g, k // g, 4,
+    q, zeros, scales = _round_groups(w.T.astype(np.float32), np.arange(k) // g, -(-k // g), 4,
                                      sym=False)
     return {"qweight": _pack_awq(q).view(np.int32), "qzeros": _pack_awq(zeros).view(np.int32),
             "scales": scales}

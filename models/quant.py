@@ -79,6 +79,39 @@ class PackedWeight:
         return dense
 
 
+@dataclass(frozen=True, slots=True)
+class PackedExperts:
+    """A mixture-of-experts stack [E, N, K] kept quantized: one PackedWeight per expert
+    (GGUF's 3-D expert tensors; HF's per-expert GPTQ / AWQ layers, once fused)."""
+
+    experts: tuple[PackedWeight, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.experts)
+
+    @property
+    def source(self) -> str:
+        return "+".join(sorted({e.source for e in self.experts}))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.experts), *self.experts[0].shape)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 [E, N, K] stack."""
+        return np.stack([e.dequantize() for e in self.experts])
+
+
+def experts_from_gguf(data: np.ndarray, ggml_type: int, shape: tuple[int, int, int]
+                      ) -> PackedExperts | None:
+    """A GGUF 3-D expert tensor's raw blocks ([E, N, row bytes]) of logical shape (E, N, K);
+    None for a type with no repacking here."""
+    e, n, k = shape
+    parts = [from_gguf(np.asarray(data)[i], ggml_type, (n, k)) for i in range(e)]
+    return None if any(p is None for p in parts) else PackedExperts(tuple(parts))  # type: ignore[arg-type]
+
+
 def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
     """Stack weights along N (fused q/k/v, gate/up). They must share bits, group size and
     scale dtype; ValueError otherwise (the caller then dequantizes)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from quire.core.sizing import cdiv
 from quire.models.config import ModelArchConfig
-from quire.models.quant import PackedWeight
+from quire.models.quant import PackedExperts, PackedWeight
 from quire.models.weight_map import WeightTarget, shard_sizes
 
 
@@ -60,8 +60,11 @@ class ShardPlan:
             moe_intermediate_size=c.moe_intermediate_size // n, vocab_size=self.vocab_rows)
 
     def slice(self, target: WeightTarget, w: Any) -> Any:
-        """The part of a checkpoint tensor (placed at target) this rank holds."""
+        """The part of a checkpoint tensor (placed at target) this rank holds (a stack of
+        packed experts is dequantized first)."""
         part = target.part
+        if isinstance(w, PackedExperts):
+            w = w.dequantize()
         if part.startswith("qkv_proj."):
             return self._fused_rows(target, w, self._qkv_ranges())
         if part.startswith("gate_up_proj.") or part == "experts.w13":

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quire.models.quant import PackedWeight, quantize_int8
+from quire.backends.torch.models.moe import MoEExperts, gated, grouped_experts
+from quire.models.quant import PackedExperts, PackedWeight, quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -173,17 +174,51 @@ def quantize_dense(weights: Iterable[tuple[str, object]], group_size: int = 32
         yield name, w
 
 
-def quantize_modules(model: nn.Module, packed: dict[str, PackedWeight],
+class QuantMoEExperts(MoEExperts):
+    """A layer's experts kept packed: one QuantLinear per expert and projection (w13: gate |
+    up, w2: down), run by the backend's kernel on each expert's grouped tokens."""
+
+    @classmethod
+    def packed_from(cls, module: MoEExperts, w13: PackedExperts, w2: PackedExperts,
+                    method: LinearMethod) -> QuantMoEExperts:
+        new = cls.like(module)
+        new.up = nn.ModuleList(_quant_linear(w, method) for w in w13.experts)
+        new.down = nn.ModuleList(_quant_linear(w, method) for w in w2.experts)
+        new.w13 = new.w2 = None  # the packed layers replace them
+        return new
+
+    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
+                ) -> torch.Tensor:
+        return grouped_experts(x, weights, ids, len(self.up), lambda e, rows: self.down[e](
+            gated(self.up[e](rows), self.act)))
+
+
+def _quant_linear(weight: PackedWeight, method: LinearMethod) -> QuantLinear:
+    layer = QuantLinear(weight.shape[1], weight.shape[0], method)
+    method.load_weights(layer, weight)
+    method.process_after_loading(layer)
+    return layer
+
+
+def quantize_modules(model: nn.Module, packed: dict[str, PackedWeight | PackedExperts],
                      method: LinearMethod, dtype: torch.dtype) -> int:
     """Swap the linear (and embedding) modules whose weights came packed (param name ->
-    PackedWeight) for QuantLinear / QuantEmbedding. A weight tied to another (embedding and
-    lm_head) stays shared. Returns the bytes the packed weights take."""
+    PackedWeight) for QuantLinear / QuantEmbedding, and experts whose two stacks came packed
+    (PackedExperts) for QuantMoEExperts. A weight tied to another (embedding and lm_head)
+    stays shared. Returns the bytes the packed weights take."""
     modules = dict(model.named_modules())
     by_param: dict[int, QuantLinear] = {}
     total = 0
     for param_name, weight in packed.items():
         owner_name = param_name.rsplit(".", 1)[0]
         owner = modules[owner_name]
+        if isinstance(weight, PackedExperts):
+            if param_name.endswith(".w13"):  # with its w2 (load_weights returns both)
+                w2 = packed[owner_name + ".w2"]
+                assert isinstance(w2, PackedExperts)
+                _set(model, owner_name, QuantMoEExperts.packed_from(owner, weight, w2, method))
+                total += weight.nbytes + w2.nbytes
+            continue
         dense = owner.weight
         layer = QuantLinear(weight.shape[1], weight.shape[0], method,
                             getattr(owner, "bias", None))
@@ -208,7 +243,7 @@ def dequantize_packed(weights: Iterable[tuple[str, object]], arch: str
     line."""
     told = False
     for name, w in weights:
-        if isinstance(w, PackedWeight):
+        if isinstance(w, (PackedWeight, PackedExperts)):
             if not told:
                 logger.info("model %s takes dense weights only: quantized tensors are "
                             "dequantized at load", arch)

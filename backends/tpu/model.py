@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quire.models.config import ModelArchConfig
-from quire.models.quant import PackedWeight, concat_rows
+from quire.models.quant import PackedExperts, PackedWeight, concat_rows
 from quire.models.rope import RopeSpec, rope_spec
 from quire.models.weight_map import (
     WeightTarget,
@@ -257,9 +257,11 @@ def load_params(cfg: ModelArchConfig,
 
 
 def _put_expert(experts: dict[str, np.ndarray], target: WeightTarget,
-                array: np.ndarray | PackedWeight, cfg: ModelArchConfig) -> None:
-    """One checkpoint tensor into a stacked experts parameter [E, out, in] (float32)."""
-    dense = array.dequantize() if isinstance(array, PackedWeight) else \
+                array: np.ndarray | PackedWeight | PackedExperts, cfg: ModelArchConfig
+                ) -> None:
+    """One checkpoint tensor into a stacked experts parameter [E, out, in] (float32):
+    quantized experts are dequantized here (lax.ragged_dot takes dense stacks)."""
+    dense = array.dequantize() if isinstance(array, (PackedWeight, PackedExperts)) else \
         np.asarray(array, np.float32)
     if target.expert is None:  # the whole stack at once
         experts[target.name] = dense.copy()

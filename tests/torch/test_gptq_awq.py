@@ -94,3 +94,40 @@ def test_act_order_gptq_under_tensor_parallelism(model_factory, tmp_path):
                 for o in two.generate(PROMPTS, PARAMS, use_tqdm=False)] == want
     finally:
         two.engine.shutdown()
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+def test_gptq_experts_stay_packed(model_factory, tmp_path, arch):
+    """A GPTQ mixture of experts (per-expert layers, act-order shared by the experts that
+    read one input): each layer's experts become one QuantMoEExperts (w1 | w3 fused per
+    expert); greedy output equals the dequantized folder."""
+    from quire.backends.torch.quantization import QuantMoEExperts
+
+    src = model_factory(arch, **({"moe_intermediate_size": 64} if arch == "qwen3_moe" else {}))
+    qdir, ref = str(tmp_path / "q"), str(tmp_path / "ref")
+    write_quantized(src, qdir, "gptq", reference=ref, desc_act=True, group_size=32)
+    quantized = LLM(qdir, dtype="float32", num_blocks=64)
+    moe = [m for m in quantized.engine.executor.model.modules()
+           if isinstance(m, QuantMoEExperts)]
+    assert len(moe) == (2 if arch == "mixtral" else 1)  # qwen3_moe: layer 1 is dense
+    assert all(m.up[0].source == "gptq" and m.up[0].perm.numel() for m in moe)
+    want = [o.outputs[0].token_ids for o in LLM(ref, dtype="float32", num_blocks=64).generate(
+        PROMPTS, PARAMS, use_tqdm=False)]
+    assert [o.outputs[0].token_ids
+            for o in quantized.generate(PROMPTS, PARAMS, use_tqdm=False)] == want
+
+
+def test_layers_the_kernels_cannot_take_come_dense(model_factory, tmp_path, caplog):
+    """Qwen3-MoE's tiny experts have 48 inputs (not a multiple of 32): those layers are
+    dequantized at load with a log line, the rest stay packed, tokens equal the reference."""
+    src = model_factory("qwen3_moe")
+    qdir, ref = str(tmp_path / "q"), str(tmp_path / "ref")
+    write_quantized(src, qdir, "gptq", reference=ref, group_size=32)
+    with caplog.at_level("INFO"):
+        quantized = LLM(qdir, dtype="float32", num_blocks=64)
+    assert "GPTQ layers dequantized at load where packing cannot keep them" in caplog.text
+    assert any(isinstance(m, QuantLinear) for m in quantized.engine.executor.model.modules())
+    want = [o.outputs[0].token_ids for o in LLM(ref, dtype="float32", num_blocks=64).generate(
+        PROMPTS, PARAMS, use_tqdm=False)]
+    assert [o.outputs[0].token_ids
+            for o in quantized.generate(PROMPTS, PARAMS, use_tqdm=False)] == want

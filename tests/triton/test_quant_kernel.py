@@ -80,3 +80,26 @@ def test_gptq_folder_on_triton_interpret_equals_its_dequantized_reference(model_
     got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     cpu = LLM(ref, dtype="float32", num_blocks=64)
     assert got == [o.outputs[0].token_ids for o in cpu.generate(prompts, params, use_tqdm=False)]
+
+
+def test_packed_experts_on_triton_interpret(model_factory, tmp_path):
+    """Q8_0 expert stacks of a GGUF Mixtral stay packed on triton-interpret (QuantMoEExperts
+    over the Triton GEMM): tokens equal the cpu backend's on the same file."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the kernel tests above run the real path")
+    from quire import LLM, SamplingParams
+    from quire.backends.torch.quantization import QuantMoEExperts
+    from tests.models.test_gguf_moe import write_moe_gguf
+
+    model_dir = model_factory("mixtral")
+    path = str(tmp_path / "q8.gguf")
+    write_moe_gguf(model_dir, path, quant_experts=True)
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    outs = []
+    for backend in ("cpu", "triton-interpret"):
+        llm = LLM(path, tokenizer=model_dir, backend=backend, dtype="float32", block_size=16,
+                  num_blocks=24)
+        assert any(isinstance(m, QuantMoEExperts) for m in llm.engine.executor.model.modules())
+        outs.append([o.outputs[0].token_ids
+                     for o in llm.generate(["hello world", "one"], params, use_tqdm=False)])
+    assert outs[0] == outs[1]

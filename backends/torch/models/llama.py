@@ -20,7 +20,7 @@ from quire.backends.torch.attention import AttentionImpl, AttentionMetadata
 from quire.backends.torch.models.moe import MoEExperts
 from quire.backends.torch.rope import ApplyRotary, RotaryEmbedding
 from quire.models.config import ModelArchConfig
-from quire.models.quant import PackedWeight, concat_rows
+from quire.models.quant import PackedExperts, PackedWeight, concat_rows
 from quire.models.rope import rope_spec
 from quire.models.weight_map import (
     WeightTarget,
@@ -165,24 +165,35 @@ class LlamaForCausalLM(nn.Module):
     # load_weights accepts quire.models.quant.PackedWeight for linear and embedding weights.
     supports_packed_weights = True
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | PackedWeight]]
-                     ) -> dict[str, PackedWeight]:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | PackedWeight
+                                                   | PackedExperts]]
+                     ) -> dict[str, PackedWeight | PackedExperts]:
         """Copy HF-named tensors in (fused as quire.models.weight_map says); raises if any
         parameter is left unset. Returns the parameters that came packed (quantized), fused
-        like the dense ones, by parameter name: the executor swaps their modules."""
+        like the dense ones, by parameter name: the executor swaps their modules (a layer's
+        experts when both their stacks came packed, as PackedExperts)."""
         params = dict(self.named_parameters())
         loaded: set[WeightTarget] = set()
         packed: dict[str, dict[int | None, PackedWeight]] = {}
+        experts: dict[str, dict[int, dict[int | None, PackedWeight]]] = {}
         for name, tensor in weights:
             target = weight_target(name, self.cfg)
             if target is None:
                 continue
             loaded.update(covered(target, self.cfg))
+            if isinstance(tensor, PackedExperts):  # a whole stack, one weight per expert
+                for e, w in enumerate(tensor.experts):
+                    experts.setdefault(target.name, {}).setdefault(e, {})[target.shard] = w
+                continue
             if isinstance(tensor, PackedWeight):
-                if target.expert is None and not target.part.startswith("experts."):
+                if target.expert is not None:  # one expert's projection (or half of w13)
+                    experts.setdefault(target.name, {}).setdefault(
+                        target.expert, {})[target.shard] = tensor
+                    continue
+                if not target.part.startswith("experts."):
                     packed.setdefault(target.name, {})[target.shard] = tensor
                     continue
-                tensor = torch.from_numpy(tensor.dequantize())  # experts: dense (for now)
+                tensor = torch.from_numpy(tensor.dequantize())
             param = params[target.name].data
             if target.expert is not None:
                 param = param[target.expert]
@@ -198,8 +209,49 @@ class LlamaForCausalLM(nn.Module):
         missing = [t.name for t in expected_targets(self.cfg) if t not in loaded]
         if missing:
             raise ValueError(f"checkpoint is missing tensors: {missing[:8]}")
-        return {name: fused for name, shards in packed.items()
-                if (fused := self._fuse_packed(params[name], name, shards)) is not None}
+        out: dict[str, PackedWeight | PackedExperts] = {
+            name: fused for name, shards in packed.items()
+            if (fused := self._fuse_packed(params[name], name, shards)) is not None}
+        stacks = {name: self._fuse_experts(name, by_expert)
+                  for name, by_expert in experts.items()}
+        for name, stack in stacks.items():
+            pair = name[:-3] + "w2" if name.endswith(".w13") else name[:-2] + "w13"
+            if stack is not None and stacks.get(pair) is not None:
+                out[name] = stack  # both of the layer's stacks packed: served packed
+            else:  # dense after all: each expert's shards dequantized into the parameter
+                self._dequantize_experts(params[name], name, experts[name])
+        return out
+
+    def _fuse_experts(self, name: str, by_expert: dict[int, dict[int | None, PackedWeight]]
+                      ) -> PackedExperts | None:
+        """One PackedWeight per expert ([2I, H] gate | up, or [H, I]); None when an expert
+        is missing or its shards cannot be fused packed."""
+        part = name.split(".", 2)[2]
+        sizes = shard_sizes(self.cfg, part) if part == "experts.w13" else None
+        fused = []
+        for e in range(self.cfg.num_experts):
+            shards = by_expert.get(e, {})
+            order = [None] if None in shards else list(range(len(sizes or [None])))
+            if any(s not in shards for s in order):
+                return None
+            try:
+                fused.append(concat_rows([shards[s] for s in order]))
+            except ValueError:
+                return None
+        return PackedExperts(tuple(fused))
+
+    def _dequantize_experts(self, param: nn.Parameter, name: str,
+                            by_expert: dict[int, dict[int | None, PackedWeight]]) -> None:
+        part = name.split(".", 2)[2]
+        sizes = shard_sizes(self.cfg, part) if part == "experts.w13" else None
+        for e, shards in by_expert.items():
+            for s, w in shards.items():
+                dense = torch.from_numpy(w.dequantize())
+                if s is None or sizes is None:
+                    param.data[e].copy_(dense)
+                else:
+                    offset = sum(sizes[:s])
+                    param.data[e, offset : offset + sizes[s]].copy_(dense)
 
     def _fuse_packed(self, param: nn.Parameter, name: str,
                      shards: dict[int | None, PackedWeight]) -> PackedWeight | None:
