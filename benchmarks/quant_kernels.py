@@ -1,0 +1,70 @@
+"""The cpu packed-weight kernel's instruction-set paths side by side, one decode row, on the
+bundled SmolLM2 model's matrix shapes (Q4_1 projections, the Q8_0 tied head):
+
+    python benchmarks/quant_kernels.py [--rows 1] [--rounds 2]
+
+Prints microseconds per call for each path (AVX-512, AVX2, portable), interleaved rounds,
+and the CPU's model name (timings on this shared VM are noisy: compare within a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+SHAPES = [("Q4_1", 960, 576), ("Q4_1", 3072, 576), ("Q4_1", 576, 1536), ("Q8_0", 49152, 576)]
+
+
+def _cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    from gguf import quants
+    from gguf.constants import GGMLQuantizationType as T
+
+    from quire.backends.cpu import quant_native
+    from quire.backends.torch.quantization import PackedLinearMethod, QuantLinear
+    from quire.models.quant import from_gguf
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    print(f"CPU: {_cpu()}; best path: {quant_native.isa()}; threads {torch.get_num_threads()}")
+    paths = [isa for isa in ("avx512", "avx2", "portable")
+             if isa == "portable" or quant_native.isa() in ("avx512", isa)]
+    for fmt, n, k in SHAPES:
+        qtype = getattr(T, fmt)
+        w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32)
+        pw = from_gguf(quants.quantize(w, qtype), int(qtype), (n, k))
+        x = torch.randn(args.rows, k)
+        times: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for isa in paths:
+                method = PackedLinearMethod(quant_native.CpuQuantKernel(isa=isa))
+                layer = QuantLinear(k, n, method)
+                method.load_weights(layer, pw)
+                calls = 20 if isa == "portable" else 200
+                for _ in range(5):
+                    layer(x)
+                start = time.perf_counter()
+                for _ in range(calls):
+                    layer(x)
+                times.setdefault(isa, []).append((time.perf_counter() - start) / calls * 1e6)
+        print(f"{fmt} {n}x{k}: " + ", ".join(
+            f"{isa} {' / '.join(f'{t:.0f}' for t in ts)} us" for isa, ts in times.items()))
+
+
+if __name__ == "__main__":
+    main()
