@@ -14,6 +14,7 @@ are dequantized at load, with a log line naming the type.
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -166,12 +167,22 @@ def quantize_dense(weights: Iterable[tuple[str, object]], group_size: int = 32
                    ) -> Iterator[tuple[str, object]]:
     """--quantization int8: every dense 2-D projection, embedding and lm_head weight whose
     input size is a multiple of group_size becomes an 8-bit PackedWeight (symmetric, one
-    float16 scale per group); other tensors pass through."""
+    float16 scale per group), and so does each expert's projection (per-expert tensors, or a
+    stacked [E, N, K] one as PackedExperts); the router and other tensors pass through."""
     for name, w in weights:
-        if isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[1] % group_size == 0 \
-                and name.endswith(("proj.weight", "embed_tokens.weight", "lm_head.weight")):
-            w = quantize_int8(w.float().numpy(), group_size)
+        if isinstance(w, torch.Tensor) and w.shape[-1] % group_size == 0:
+            if w.dim() == 2 and (name.endswith(("proj.weight", "embed_tokens.weight",
+                                                "lm_head.weight"))
+                                 or _EXPERT_2D.search(name)):
+                w = quantize_int8(w.float().numpy(), group_size)
+            elif w.dim() == 3 and name.endswith((".experts.gate_up_proj",
+                                                  ".experts.down_proj")):
+                w = PackedExperts(tuple(quantize_int8(e.float().numpy(), group_size)
+                                        for e in w))
         yield name, w
+
+
+_EXPERT_2D = re.compile(r"\.experts\.\d+\.(w[123]|gate_proj|up_proj|down_proj)\.weight$")
 
 
 class QuantMoEExperts(MoEExperts):

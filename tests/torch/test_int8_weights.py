@@ -41,3 +41,33 @@ def test_int8_equals_its_dequantized_reference(model_factory, tmp_path):
     packed = sum(m.qweight.nbytes + m.scales.nbytes for m in layers)
     dense = sum(m.in_features * m.out_features for m in layers) * 2  # bf16 bytes
     assert packed < 0.6 * dense
+
+
+def test_int8_experts_stay_packed(model_factory, tmp_path):
+    """--quantization int8 on a Mixtral: each expert's projections are quantized too and run
+    packed (QuantMoEExperts); greedy output equals the model whose experts (and projections,
+    embedding, head) hold those 8-bit weights dequantized. The router stays dense."""
+    import transformers
+
+    from quire.backends.torch.quantization import QuantMoEExperts
+
+    src = model_factory("mixtral")
+    ref_dir = str(tmp_path / "dequantized")
+    shutil.copytree(src, ref_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and name.endswith(("proj.weight", "embed_tokens.weight",
+                                               "lm_head.weight")):
+                p.copy_(torch.from_numpy(quantize_int8(p.numpy()).dequantize()))
+            elif p.dim() == 3:  # stacked experts in memory: each expert's rows
+                for e in range(p.shape[0]):
+                    p[e].copy_(torch.from_numpy(quantize_int8(p[e].numpy()).dequantize()))
+    model.save_pretrained(ref_dir)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    int8 = LLM(src, dtype="float32", num_blocks=64, quantization="int8")
+    moe = [m for m in int8.engine.executor.model.modules() if isinstance(m, QuantMoEExperts)]
+    assert len(moe) == 2 and all(m.up[0].source == "int8" for m in moe)
+    ref = LLM(ref_dir, dtype="float32", num_blocks=64)
+    assert [o.outputs[0].token_ids for o in int8.generate(PROMPTS, params, use_tqdm=False)] \
+        == [o.outputs[0].token_ids for o in ref.generate(PROMPTS, params, use_tqdm=False)]
