@@ -39,16 +39,10 @@ def open_checkpoint(model_path: str, keep_quantized: bool = False) -> Checkpoint
         from quire.models.gguf import open_gguf
 
         return open_gguf(model_path, keep_quantized)
-    from quire.models.hf_quant import dequantized, merge_quantized, quant_method
+    from quire.models.hf_quant import quantized_stream
 
     config = read_config_json(model_path)
-    weights: Iterator[tuple[str, Any]] = _iter_folder(model_path)
-    qc = quant_method(config)
-    if qc is not None:
-        weights = merge_quantized(weights, qc)
-        if not keep_quantized:
-            weights = dequantized(weights, qc)
-    return config, weights
+    return config, iter(quantized_stream(config, _iter_folder(model_path), keep_quantized))
 
 
 def _iter_folder(model_path: str) -> Iterator[tuple[str, np.ndarray]]:

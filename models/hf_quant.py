@@ -96,6 +96,18 @@ def merge_quantized(weights: Iterable[tuple[str, Any]], qc: dict[str, Any]
                          "checkpoint")
 
 
+def quantized_stream(config: dict[str, Any], weights: Iterable[tuple[str, Any]],
+                     keep_quantized: bool) -> Iterable[tuple[str, Any]]:
+    """An HF folder's tensor stream as a loader hands it on: for a GPTQ / AWQ checkpoint the
+    quantized layers regrouped (merge_quantized), dequantized unless keep_quantized;
+    others unchanged."""
+    qc = quant_method(config)
+    if qc is None:
+        return weights
+    merged = merge_quantized(weights, qc)
+    return merged if keep_quantized else dequantized(merged, qc)
+
+
 def dequantized(weights: Iterable[tuple[str, Any]], qc: dict[str, Any]
                 ) -> Iterator[tuple[str, Any]]:
     """merge_quantized's stream with the PackedWeights made dense float32 arrays (a backend

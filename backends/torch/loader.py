@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from quire.models.checkpoint import is_gguf, safetensors_files
 from quire.models.config import read_config_json
-from quire.models.hf_quant import dequantized, merge_quantized, quant_method
+from quire.models.hf_quant import quantized_stream
 from quire.models.quant import PackedExperts, PackedWeight
 
 
@@ -28,15 +28,9 @@ def open_checkpoint(model_path: str, keep_quantized: bool = False
         return config, ((name, w if isinstance(w, (PackedWeight, PackedExperts))
                          else torch.from_numpy(w)) for name, w in arrays)
     config = read_config_json(model_path)
-    weights: Iterator[tuple[str, Any]] = iter_weights(model_path)
-    qc = quant_method(config)
-    if qc is not None:
-        weights = merge_quantized(weights, qc)
-        if not keep_quantized:
-            weights = dequantized(weights, qc)
-        weights = ((n, torch.from_numpy(w) if isinstance(w, np.ndarray) else w)
-                   for n, w in weights)  # layers that came dense
-    return config, weights
+    weights = quantized_stream(config, iter_weights(model_path), keep_quantized)
+    return config, ((n, torch.from_numpy(w) if isinstance(w, np.ndarray) else w)
+                    for n, w in weights)  # GPTQ / AWQ layers that came dense: numpy
 
 
 def iter_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from quire import LLM, SamplingParams
+from quire import LLM
+from tests.models.test_gguf_moe import add_dimensions, finish, greedy
 
 PROMPTS = ["Hello world", "the scheduler serves paged attention blocks to every request, "
            "one two three four five six seven"]  # longer than the tiny sliding windows
@@ -29,14 +30,7 @@ def write_gguf(model_dir: str, path: str, pattern_key: bool = True) -> None:
     w = gguf.GGUFWriter(path, arch)
     n = cfg["num_hidden_layers"]
     head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    w.add_block_count(n)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_vocab_size(cfg["vocab_size"])
+    add_dimensions(w, cfg)
     if gemma:
         w.add_key_length(head)
         w.add_value_length(head)
@@ -93,16 +87,7 @@ def write_gguf(model_dir: str, path: str, pattern_key: bool = True) -> None:
             w.add_tensor(blk + "ffn_norm.weight", t[hf + "post_attention_layernorm.weight"])
             w.add_tensor(blk + "attn_qkv.weight", t[hf + "self_attn.qkv_proj.weight"])
             w.add_tensor(blk + "ffn_up.weight", t[hf + "mlp.gate_up_proj.weight"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-def _greedy(model: str, tokenizer: str) -> list[list[int]]:
-    llm = LLM(model, tokenizer=tokenizer, dtype="float32", block_size=16)
-    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+    finish(w)
 
 
 @pytest.mark.parametrize("arch,kwargs", [
@@ -117,4 +102,4 @@ def test_gguf_equals_its_hf_folder(model_factory, tmp_path, arch, kwargs):
     assert llm.engine.model_info.architecture == {
         "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
         "phi3": "Phi3ForCausalLM"}[arch]
-    assert _greedy(path, model_dir) == _greedy(model_dir, model_dir)
+    assert greedy(path, model_dir, PROMPTS) == greedy(model_dir, model_dir, PROMPTS)

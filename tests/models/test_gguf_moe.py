@@ -31,15 +31,8 @@ def write_moe_gguf(model_dir: str, path: str, quant_experts: bool = False) -> No
     mixtral = cfg["model_type"] == "mixtral"
     arch = "llama" if mixtral else "qwen3moe"
     w = gguf.GGUFWriter(path, arch)
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    add_dimensions(w, cfg)
     w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
-    w.add_vocab_size(cfg["vocab_size"])
     experts = cfg.get("num_local_experts") or cfg["num_experts"]
     w.add_expert_count(experts)
     w.add_expert_used_count(cfg["num_experts_per_tok"])
@@ -81,16 +74,33 @@ def write_moe_gguf(model_dir: str, path: str, quant_experts: bool = False) -> No
                 qtype = gguf.GGMLQuantizationType.Q8_0
                 stacked = gguf.quants.quantize(stacked, qtype)
             w.add_tensor(blk + f"ffn_{p}_exps.weight", stacked, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
 
 
-def _greedy(model: str, tokenizer: str) -> list[list[int]]:
+def add_dimensions(writer, cfg: dict) -> None:
+    """The metadata every architecture's file has, from an HF config."""
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_vocab_size(cfg["vocab_size"])
+
+
+def finish(writer) -> None:
+    """Write a GGUFWriter's header, metadata and tensors, and close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def greedy(model: str, tokenizer: str, prompts: list[str] = PROMPTS) -> list[list[int]]:
     llm = LLM(model, tokenizer=tokenizer, dtype="float32", block_size=16)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+    return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
 
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
@@ -101,7 +111,7 @@ def test_moe_gguf_equals_its_hf_folder(model_factory, tmp_path, arch):
     llm = LLM(path, tokenizer=model_dir, dtype="float32", block_size=16)
     assert llm.engine.model_info.architecture == \
         {"mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}[arch]
-    assert _greedy(path, model_dir) == _greedy(model_dir, model_dir)
+    assert greedy(path, model_dir) == greedy(model_dir, model_dir)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "tpu"])

@@ -15,19 +15,30 @@ from quire.models.quant import quantize_int8
 PROMPTS = ["one two three", "the cache serves", "hello world", "paris is"]
 
 
-def test_int8_equals_its_dequantized_reference(model_factory, tmp_path):
+def _dequantized_copy(src: str, dst: str) -> str:
+    """src with every weight --quantization int8 quantizes replaced by its 8-bit version
+    dequantized: projections, embedding, head, and each expert of a stacked (in-memory)
+    experts parameter. The reference the int8 path must equal."""
     import transformers
 
-    src = model_factory("llama", hidden_size=128, intermediate_size=256)
-    ref_dir = str(tmp_path / "dequantized")
-    shutil.copytree(src, ref_dir)
+    shutil.copytree(src, dst)
     model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2 and name.endswith(("proj.weight", "embed_tokens.weight",
                                                "lm_head.weight")):
                 p.copy_(torch.from_numpy(quantize_int8(p.numpy()).dequantize()))
-    model.save_pretrained(ref_dir)
+            elif p.dim() == 3:  # stacked experts: each expert's rows
+                for e in range(p.shape[0]):
+                    p[e].copy_(torch.from_numpy(quantize_int8(p[e].numpy()).dequantize()))
+    model.save_pretrained(dst)
+    return dst
+
+
+def test_int8_equals_its_dequantized_reference(model_factory, tmp_path):
+
+    src = model_factory("llama", hidden_size=128, intermediate_size=256)
+    ref_dir = _dequantized_copy(src, str(tmp_path / "dequantized"))
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     int8 = LLM(src, dtype="float32", num_blocks=64, quantization="int8")
     ref = LLM(ref_dir, dtype="float32", num_blocks=64)
@@ -47,23 +58,11 @@ def test_int8_experts_stay_packed(model_factory, tmp_path):
     """--quantization int8 on a Mixtral: each expert's projections are quantized too and run
     packed (QuantMoEExperts); greedy output equals the model whose experts (and projections,
     embedding, head) hold those 8-bit weights dequantized. The router stays dense."""
-    import transformers
 
     from quire.backends.torch.quantization import QuantMoEExperts
 
     src = model_factory("mixtral")
-    ref_dir = str(tmp_path / "dequantized")
-    shutil.copytree(src, ref_dir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and name.endswith(("proj.weight", "embed_tokens.weight",
-                                               "lm_head.weight")):
-                p.copy_(torch.from_numpy(quantize_int8(p.numpy()).dequantize()))
-            elif p.dim() == 3:  # stacked experts in memory: each expert's rows
-                for e in range(p.shape[0]):
-                    p[e].copy_(torch.from_numpy(quantize_int8(p[e].numpy()).dequantize()))
-    model.save_pretrained(ref_dir)
+    ref_dir = _dequantized_copy(src, str(tmp_path / "dequantized"))
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     int8 = LLM(src, dtype="float32", num_blocks=64, quantization="int8")
     moe = [m for m in int8.engine.executor.model.modules() if isinstance(m, QuantMoEExperts)]
