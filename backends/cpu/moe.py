@@ -10,7 +10,7 @@ from torch import nn
 
 from quire.backends.cpu import native
 from quire.backends.cpu.linear import PackedLinear, onednn_available
-from quire.backends.torch.models.moe import MoEExperts, gated, grouped_experts
+from quire.backends.torch.models.moe import ExpertLinears, MoEExperts
 from quire.backends.torch.swap import replace_modules
 
 
@@ -20,25 +20,16 @@ def _packed(weight: torch.Tensor) -> PackedLinear:
     return PackedLinear(linear)
 
 
-class CpuMoEExperts(MoEExperts):
+class CpuMoEExperts(ExpertLinears):
     @classmethod
-    def packed_from(cls, module: MoEExperts) -> CpuMoEExperts:
-        new = cls.like(module)
-        new.up = nn.ModuleList(_packed(module.w13[e].detach()) for e in range(len(module.w13)))
-        new.down = nn.ModuleList(_packed(module.w2[e].detach()) for e in range(len(module.w2)))
-        new.w13 = new.w2 = None  # the packed copies replace them
-        return new
+    def packed_from(cls, module: MoEExperts) -> ExpertLinears:
+        return cls.from_linears(module, [_packed(w.detach()) for w in module.w13],
+                                [_packed(w.detach()) for w in module.w2])
 
-    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
-                ) -> torch.Tensor:
-        fast_act = self.act == "silu" and native.available()
-
-        def run(expert: int, rows: torch.Tensor) -> torch.Tensor:
-            h = self.up[expert](rows)
-            h = native.module().silu_mul(h) if fast_act else gated(h, self.act)
-            return self.down[expert](h)
-
-        return grouped_experts(x, weights, ids, len(self.up), run)
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        if self.act == "silu" and native.available():  # one pass
+            return native.module().silu_mul(h)
+        return super().activate(h)
 
 
 def pack_experts(model: nn.Module) -> int:

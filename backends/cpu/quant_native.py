@@ -28,9 +28,10 @@ FUSED_ROWS = 16
 
 
 def _sources() -> list[str]:
-    from quire.backends.cpu.quant_csrc import SOURCE
+    from quire.backends.cpu.quant_csrc import ENTRY, PORTABLE
+    from quire.backends.cpu.quant_simd_csrc import SIMD
 
-    return [SOURCE]
+    return [PORTABLE + SIMD + ENTRY]
 
 
 # No -march=native: the AVX2 functions carry target attributes and are chosen at run time.

@@ -17,23 +17,22 @@ import torch
 from quire.core.sizing import KV_QUANT_DTYPES, KV_SCALE_BYTES
 
 __all__ = ["KV_QUANT_DTYPES", "dequantize", "quantize", "row_bytes", "split", "write"]
-SCALE_BYTES = KV_SCALE_BYTES
 _QMAX = {"int8": 127.0, "fp8_e4m3": 448.0}
 _STORAGE = {"int8": torch.int8, "fp8_e4m3": torch.float8_e4m3fn}
 
 
 def row_bytes(head_size: int) -> int:
     """Bytes of one (token, KV head) row of an 8-bit cache."""
-    if head_size % SCALE_BYTES:
+    if head_size % KV_SCALE_BYTES:
         raise ValueError(f"an 8-bit KV cache needs a head size that is a multiple of 4, got "
                          f"{head_size}")
-    return head_size + SCALE_BYTES
+    return head_size + KV_SCALE_BYTES
 
 
 def split(rows: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 rows [..., D + 4] -> (values [..., D] as the storage dtype, scales [...] float32),
     views of the same bytes."""
-    d = rows.shape[-1] - SCALE_BYTES
+    d = rows.shape[-1] - KV_SCALE_BYTES
     values = rows[..., :d].view(_STORAGE[kind])
     scales = rows[..., d:].view(torch.float32).squeeze(-1)
     return values, scales

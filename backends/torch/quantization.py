@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quire.backends.torch.models.moe import MoEExperts, gated, grouped_experts
+from quire.backends.torch.models.moe import ExpertLinears, MoEExperts
 from quire.models.quant import PackedExperts, PackedWeight, quantize_int8
 
 logger = logging.getLogger(__name__)
@@ -185,23 +185,15 @@ def quantize_dense(weights: Iterable[tuple[str, object]], group_size: int = 32
 _EXPERT_2D = re.compile(r"\.experts\.\d+\.(w[123]|gate_proj|up_proj|down_proj)\.weight$")
 
 
-class QuantMoEExperts(MoEExperts):
+class QuantMoEExperts(ExpertLinears):
     """A layer's experts kept packed: one QuantLinear per expert and projection (w13: gate |
     up, w2: down), run by the backend's kernel on each expert's grouped tokens."""
 
     @classmethod
     def packed_from(cls, module: MoEExperts, w13: PackedExperts, w2: PackedExperts,
-                    method: LinearMethod) -> QuantMoEExperts:
-        new = cls.like(module)
-        new.up = nn.ModuleList(_quant_linear(w, method) for w in w13.experts)
-        new.down = nn.ModuleList(_quant_linear(w, method) for w in w2.experts)
-        new.w13 = new.w2 = None  # the packed layers replace them
-        return new
-
-    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
-                ) -> torch.Tensor:
-        return grouped_experts(x, weights, ids, len(self.up), lambda e, rows: self.down[e](
-            gated(self.up[e](rows), self.act)))
+                    method: LinearMethod) -> ExpertLinears:
+        return cls.from_linears(module, [_quant_linear(w, method) for w in w13.experts],
+                                [_quant_linear(w, method) for w in w2.experts])
 
 
 def _quant_linear(weight: PackedWeight, method: LinearMethod) -> QuantLinear:

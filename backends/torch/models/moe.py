@@ -91,3 +91,26 @@ class MoEExperts(nn.Module):
     def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
                 ) -> torch.Tensor:
         return fused_moe(x, self.w13, self.w2, weights, ids, self.act)
+
+
+class ExpertLinears(MoEExperts):
+    """Experts held as one linear module per expert and projection (up: gate | up, down),
+    each a backend's own layer (oneDNN-packed, quantized, ...), run on each expert's grouped
+    tokens; the stacked w13 / w2 are dropped."""
+
+    @classmethod
+    def from_linears(cls, module: MoEExperts, up: list[nn.Module], down: list[nn.Module]
+                     ) -> ExpertLinears:
+        new = cls.like(module)
+        new.up, new.down = nn.ModuleList(up), nn.ModuleList(down)
+        new.w13 = new.w2 = None  # the per-expert layers replace them
+        return new
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """act(gate) * up of the up projection's output."""
+        return gated(h, self.act)
+
+    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
+                ) -> torch.Tensor:
+        return grouped_experts(x, weights, ids, len(self.up), lambda e, rows: self.down[e](
+            self.activate(self.up[e](rows))))
