@@ -18,6 +18,10 @@ query_start_loc[i]:query_start_loc[i+1], the last ones of its seq_lens[i] positi
     draft_token_ids [L]      int32   the draft token each row verifies (the next input
                                      token), -1 on each request's last row
 
+With a hybrid KV cache (quire.core.kv_groups), block_tables and slot_mapping are group 0's;
+extra_block_tables / extra_slot_mappings hold groups 1.. in the same shapes (a windowed
+group's table has the null block where blocks fell out of the window).
+
 Padding to a backend's buckets adds tokens with input id 0, position 0 and slot 0 (the
 null block) and requests with zero-length queries and seq_lens 0.
 """
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quire.core.kv_cache_manager import KVCacheManager
+from quire.core.kv_groups import HybridKVCacheManager
 from quire.core.request import Request
 from quire.core.scheduler import SchedulerOutput
 
@@ -94,6 +99,18 @@ class Batch:
     sampled_req_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     logits_row_start: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))
     draft_token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    extra_block_tables: tuple[np.ndarray, ...] = ()
+    extra_slot_mappings: tuple[np.ndarray, ...] = ()
+
+    @property
+    def num_kv_groups(self) -> int:
+        return 1 + len(self.extra_block_tables)
+
+    def group_tables(self, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """(block_tables, slot_mapping) of a KV group (0: the fields above)."""
+        if group == 0:
+            return self.block_tables, self.slot_mapping
+        return self.extra_block_tables[group - 1], self.extra_slot_mappings[group - 1]
 
     @property
     def has_drafts(self) -> bool:
@@ -102,7 +119,7 @@ class Batch:
 
 def build_batch(
     out: SchedulerOutput,
-    kv_cache: KVCacheManager,
+    kv_cache: KVCacheManager | HybridKVCacheManager,
     token_buckets: Sequence[int] = (),
     request_buckets: Sequence[int] = (),
     block_table_width: int | None = None,
@@ -140,22 +157,11 @@ def build_batch(
         ids.extend(d)
     input_ids[:num_tokens] = ids
 
-    block_id_lists = [kv_cache.get_block_ids(r.request_id) for r in requests]
-    max_blocks = max((len(b) for b in block_id_lists), default=1) or 1
-    if block_table_width is not None:
-        if max_blocks > block_table_width:
-            raise ValueError(f"a request holds {max_blocks} blocks, more than the fixed "
-                             f"block-table width {block_table_width}")
-        max_blocks = block_table_width
-    block_tables = np.zeros((padded_reqs, max_blocks), dtype=np.int32)
-    for i, block_ids in enumerate(block_id_lists):
-        block_tables[i, : len(block_ids)] = block_ids
-    slot_mapping = np.zeros(padded_tokens, dtype=np.int64)
-    pos = positions[:num_tokens]
-    slot_mapping[:num_tokens] = (
-        block_tables[req_of_token, pos // block_size].astype(np.int64) * block_size
-        + pos % block_size
-    )
+    tables = [_tables([kv_cache.get_block_ids(r.request_id, g) for r in requests],
+                      padded_reqs, padded_tokens, block_table_width, req_of_token,
+                      positions[:num_tokens], block_size)
+              for g in range(kv_cache.num_groups)]
+    block_tables, slot_mapping = tables[0]
 
     # A request samples when this step brings it level with all its tokens (and drafts);
     # it samples its last position and each draft position.
@@ -196,7 +202,31 @@ def build_batch(
         sampled_req_indices=sampled_idx,
         logits_row_start=row_start,
         draft_token_ids=draft_token_ids,
+        extra_block_tables=tuple(t for t, _ in tables[1:]),
+        extra_slot_mappings=tuple(s for _, s in tables[1:]),
     )
+
+
+def _tables(block_id_lists: list[list[int]], padded_reqs: int, padded_tokens: int,
+            width: int | None, req_of_token: np.ndarray, pos: np.ndarray, block_size: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(block_tables, slot_mapping) of one KV group: each request's blocks padded with the
+    null block to the longest (or the fixed width), and each real token's slot."""
+    max_blocks = max((len(b) for b in block_id_lists), default=1) or 1
+    if width is not None:
+        if max_blocks > width:
+            raise ValueError(f"a request holds {max_blocks} blocks, more than the fixed "
+                             f"block-table width {width}")
+        max_blocks = width
+    block_tables = np.zeros((padded_reqs, max_blocks), dtype=np.int32)
+    for i, block_ids in enumerate(block_id_lists):
+        block_tables[i, : len(block_ids)] = block_ids
+    slot_mapping = np.zeros(padded_tokens, dtype=np.int64)
+    slot_mapping[: len(pos)] = (
+        block_tables[req_of_token, pos // block_size].astype(np.int64) * block_size
+        + pos % block_size
+    )
+    return block_tables, slot_mapping
 
 
 def build_sampling_batch(requests: Sequence[Request],

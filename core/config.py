@@ -116,11 +116,14 @@ class SchedulerConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheConfig:
-    """The paged KV cache: num_blocks blocks (block 0 the null block) of block_size tokens."""
+    """The paged KV cache: num_blocks blocks (block 0 the null block) of block_size tokens;
+    with kv_groups, one pool per group of layers (num_blocks: group 0's)."""
 
     num_blocks: int
     block_size: int
     enable_prefix_caching: bool = True
+    # Hybrid cache (quire.core.kv_groups.KVCacheGroup per group; num_blocks is group 0's).
+    kv_groups: tuple = ()
 
 
 def _check_positive(name: str, value: object) -> None:

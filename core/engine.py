@@ -19,6 +19,7 @@ from quire.core.config import CacheConfig, SchedulerConfig
 from quire.core.detokenizer import Tokenizer
 from quire.core.executor import Executor, ModelInfo
 from quire.core.kv_cache_manager import KVCacheManager
+from quire.core.kv_groups import HybridKVCacheManager
 from quire.core.output_processor import OutputProcessor
 from quire.core.outputs import RequestOutput
 from quire.core.parallel_sampling import ParentRequest, fan_out
@@ -70,9 +71,14 @@ class LLMEngine:
         self.model_info = model_info
         self.backend_name = backend_name
         self.max_model_len = scheduler_config.max_model_len
-        self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
-                                       cache_config.enable_prefix_caching,
-                                       window=model_info.kv_window)
+        self.kv_cache: KVCacheManager | HybridKVCacheManager
+        if cache_config.kv_groups:
+            self.kv_cache = HybridKVCacheManager(cache_config.kv_groups, cache_config.block_size,
+                                                 cache_config.enable_prefix_caching)
+        else:
+            self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
+                                           cache_config.enable_prefix_caching,
+                                           window=model_info.kv_window)
         self.scheduler = Scheduler(scheduler_config, self.kv_cache)
         self.limits = PromptLimits(
             vocab_size=model_info.vocab_size, max_model_len=scheduler_config.max_model_len,

@@ -40,6 +40,10 @@ class Capabilities:
         (cdiv(max_model_len, block_size), at most num_blocks - 1), e.g. for compiled shapes.
     kv_cache_dtypes: the EngineConfig.kv_cache_dtype values it honours ("auto": the model's
         dtype; "int8", "fp8_e4m3": 8-bit caches, quire.core.sizing's layout).
+    hybrid_kv_cache: True when it keeps layers of different windows in separate caches
+        (quire.core.kv_groups): allocate_kv_cache then takes the groups, and layer l reads
+        Batch.group_tables(g) of its group g. False: one table for every layer, and a
+        model mixing full and sliding-window layers keeps every block.
     """
 
     dtypes: tuple[str, ...]
@@ -51,6 +55,7 @@ class Capabilities:
     max_num_seqs: int | None = None
     fixed_block_table_width: bool = False
     kv_cache_dtypes: tuple[str, ...] = ("auto",)
+    hybrid_kv_cache: bool = False
 
     @property
     def default_block_size(self) -> int:
@@ -72,6 +77,9 @@ class ModelInfo:
     # wholly before a request's window are given back as it advances. None: full attention
     # somewhere, every block is kept.
     kv_window: int | None = None
+    # Each layer's window (None: full attention); empty: every layer's is kv_window. Layers
+    # mixing windows get a hybrid cache (quire.core.kv_groups) where the backend allows.
+    layer_windows: tuple[int | None, ...] = ()
 
 
 @dataclass(slots=True)
@@ -137,7 +145,12 @@ class Executor(ABC):
 
     @abstractmethod
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        """Allocate the paged cache; block 0 is the null block padded tokens write to."""
+        """Allocate the paged cache; block 0 is the null block padded tokens write to.
+
+        A backend declaring Capabilities.hybrid_kv_cache also takes a keyword argument
+        kv_groups (a tuple of quire.core.kv_groups.KVCacheGroup, empty when the model's
+        layers share one table): then layer l's cache holds the num_blocks of its group,
+        and num_blocks is group 0's."""
 
     @abstractmethod
     def execute(self, batch: Batch) -> ModelOutput:

@@ -86,19 +86,16 @@ class KVCacheManager:
         scheduled later in the same step may hit them, which is safe because every layer
         writes the whole batch's K/V before any attention reads it."""
         new_computed_blocks = new_computed_blocks or []
-        blocks = self.req_to_blocks.setdefault(request.request_id, [])
-        block_ids = self.req_to_block_ids.setdefault(request.request_id, [])
+        if self.num_blocks_short(request, num_new_tokens, new_computed_blocks) > 0:
+            self.forget_if_empty(request.request_id)
+            return None
+        blocks = self.req_to_blocks[request.request_id]
+        block_ids = self.req_to_block_ids[request.request_id]
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
-        if self.window is not None and blocks:
-            self._free_outside_window(request.request_id, blocks, block_ids, num_computed)
         num_total = num_computed + num_new_tokens
         num_new_blocks = self.num_blocks_for(num_total) - len(blocks) - len(new_computed_blocks)
-        num_hits_on_free = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
-        if num_new_blocks + num_hits_on_free > self.pool.num_free_blocks:
-            if not blocks:
-                self._forget(request.request_id)
-            return None
-        self.pool.touch(new_computed_blocks)
+        null = self.pool.null_block
+        self.pool.touch(b for b in new_computed_blocks if b is not null)
         blocks.extend(new_computed_blocks)
         new_blocks = self.pool.get_new_blocks(max(num_new_blocks, 0))
         blocks.extend(new_blocks)
@@ -114,6 +111,25 @@ class KVCacheManager:
                     self.pool.cache_block(blocks[i], request.block_hashes[i])
             self.req_to_num_cached[request.request_id] = max(start, num_full)
         return new_blocks
+
+    def num_blocks_short(self, request: Request, num_new_tokens: int,
+                         new_computed_blocks: list[KVBlock]) -> int:
+        """How many blocks the pool lacks to allocate these slots (<= 0: it can). Gives back
+        the blocks that fell out of the window first, as allocating would."""
+        blocks = self.req_to_blocks.setdefault(request.request_id, [])
+        block_ids = self.req_to_block_ids.setdefault(request.request_id, [])
+        num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
+        if self.window is not None and blocks:
+            self._free_outside_window(request.request_id, blocks, block_ids, num_computed)
+        num_new_blocks = (self.num_blocks_for(num_computed + num_new_tokens) - len(blocks)
+                          - len(new_computed_blocks))
+        num_hits_on_free = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
+        return num_new_blocks + num_hits_on_free - self.pool.num_free_blocks
+
+    def forget_if_empty(self, request_id: str) -> None:
+        """Drop the bookkeeping of a request that holds no block (its allocation failed)."""
+        if not self.req_to_blocks.get(request_id):
+            self._forget(request_id)
 
     def free(self, request: Request) -> None:
         """Release a request's blocks, last block first, so a sequence's tail is evicted
@@ -143,7 +159,10 @@ class KVCacheManager:
             block_ids[i] = null.block_id
         self.req_to_num_freed[request_id] = first_needed
 
-    def get_block_ids(self, request_id: str) -> list[int]:
+    num_groups = 1  # one table for every layer (kv_groups.HybridKVCacheManager: several)
+
+    def get_block_ids(self, request_id: str, group: int = 0) -> list[int]:
+        assert group == 0, "a KVCacheManager is one group"
         return self.req_to_block_ids.get(request_id, [])
 
     def stats(self) -> KVCacheStats:

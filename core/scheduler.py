@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from quire.core.config import SchedulerConfig
 from quire.core.kv_cache_manager import KVCacheManager
+from quire.core.kv_groups import HybridKVCacheManager
 from quire.core.request import Request, RequestStatus
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager | HybridKVCacheManager
+                 ) -> None:
         self.config = config
         self.kv_cache = kv_cache
         self.waiting: deque[Request] = deque()

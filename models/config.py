@@ -209,4 +209,5 @@ def model_info(cfg: ModelArchConfig, dtype: str) -> ModelInfo:
         dtype=dtype, architecture=cfg.architecture,
         kv_window=cfg.sliding_window if cfg.sliding_window is not None and all(
             cfg.layer_window(i) is not None for i in range(cfg.num_layers)) else None,
+        layer_windows=tuple(cfg.layer_window(i) for i in range(cfg.num_layers)),
     )

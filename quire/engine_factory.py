@@ -11,6 +11,7 @@ from quire.core.config import CacheConfig, EngineConfig, SchedulerConfig
 from quire.core.draft_model import DraftModelProposer
 from quire.core.engine import LLMEngine
 from quire.core.executor import Executor, ModelInfo
+from quire.core.kv_groups import plan_kv_groups
 from quire.core.spec_decode import NgramProposer, Proposer, SpecDecoder
 from quire.core.structured_outputs import StructuredOutputManager
 from quire.default_model import resolve_model
@@ -41,17 +42,6 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
                          f"{status.spec.name!r}; choose one of {caps.block_sizes}")
     executor = _new_executor(executor_cls, config, plugins)
     info = executor.load_model(config.model, config.dtype)
-    num_blocks = config.num_blocks or executor.profile_num_blocks(
-        block_size, config.kv_cache_memory_bytes)
-    capacity = (num_blocks - 1) * block_size
-    max_model_len = _max_model_len(config, info.max_model_len, capacity)
-    executor.allocate_kv_cache(num_blocks, block_size)
-    gib = num_blocks * executor.kv_cache_bytes_per_block(block_size) / (1 << 30)
-    kv_dtype = info.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype
-    logger.info("backend %s; KV cache (%s): %d blocks x %d tokens = %d tokens (%.2f GiB); "
-                "max_model_len %d", status.spec.name, kv_dtype, num_blocks, block_size,
-                capacity, gib, max_model_len)
-    tokenizer = HFTokenizer.from_pretrained(config.tokenizer or config.model)
     max_seqs = min(config.max_num_seqs, caps.max_num_seqs or config.max_num_seqs)
     max_tokens = config.resolved_max_num_batched_tokens
     if caps.token_buckets and max_tokens > max(caps.token_buckets):
@@ -60,13 +50,35 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
         max_tokens = max(caps.token_buckets)
     if caps.request_buckets:
         max_seqs = min(max_seqs, max(caps.request_buckets))
+    num_blocks = config.num_blocks or executor.profile_num_blocks(
+        block_size, config.kv_cache_memory_bytes)
+    bytes_per_block = executor.kv_cache_bytes_per_block(block_size)
+    gib = num_blocks * bytes_per_block / (1 << 30)
+    kv_groups = plan_kv_groups(info.layer_windows, num_blocks, block_size, max_seqs,
+                               max_tokens) if caps.hybrid_kv_cache else ()
+    if kv_groups:  # the same memory, split by window: group 0 (full attention) gains
+        num_blocks = kv_groups[0].num_blocks
+        executor.allocate_kv_cache(num_blocks, block_size, kv_groups=kv_groups)
+        logger.info("hybrid KV cache: %s", "; ".join(
+            f"{len(g.layers)} layers {'full' if g.window is None else f'window {g.window}'}"
+            f": {g.num_blocks} blocks" for g in kv_groups))
+    else:
+        executor.allocate_kv_cache(num_blocks, block_size)
+    capacity = (num_blocks - 1) * block_size
+    max_model_len = _max_model_len(config, info.max_model_len, capacity)
+    kv_dtype = info.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype
+    logger.info("backend %s; KV cache (%s): %d blocks x %d tokens = %d tokens (%.2f GiB); "
+                "max_model_len %d", status.spec.name, kv_dtype, num_blocks, block_size,
+                capacity, gib, max_model_len)
+    tokenizer = HFTokenizer.from_pretrained(config.tokenizer or config.model)
     return LLMEngine(
         executor, tokenizer, info,
         scheduler_config=SchedulerConfig(
             max_num_seqs=max_seqs, max_num_batched_tokens=max_tokens,
             max_model_len=max_model_len, enable_chunked_prefill=config.enable_chunked_prefill),
         cache_config=CacheConfig(num_blocks=num_blocks, block_size=block_size,
-                                 enable_prefix_caching=config.enable_prefix_caching),
+                                 enable_prefix_caching=config.enable_prefix_caching,
+                                 kv_groups=kv_groups),
         backend_name=status.spec.name,
         structured_outputs=structured_manager(tokenizer, info),
         speculative=_spec_decoder(config, executor_cls, plugins, tokenizer, info,

@@ -30,6 +30,7 @@ class CpuExecutor(TorchExecutor):
             default_dtype="bfloat16",
             block_sizes=(1, 2, 4, 8, 16, 32, 64, 128),
             kv_cache_dtypes=("auto", *KV_QUANT_DTYPES),
+            hybrid_kv_cache=True,
         )
 
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:

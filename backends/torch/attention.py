@@ -32,6 +32,13 @@ class AttentionMetadata:
     # Per-step planning an implementation derives from the batch alone (row groups, masks),
     # computed by the first layer and reused by the others.
     plan_cache: dict = field(default_factory=dict)
+    # Hybrid KV cache (quire.core.kv_groups): each layer's metadata (its group's block
+    # tables and slot mapping); None: this one serves every layer.
+    layer_metadata: list[AttentionMetadata] | None = None
+
+    def for_layer(self, layer: int) -> AttentionMetadata:
+        """The metadata layer `layer` attends with (a model's forward passes this on)."""
+        return self if self.layer_metadata is None else self.layer_metadata[layer]
 
     @classmethod
     def from_canonical(cls, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,

@@ -28,6 +28,7 @@ from quire.backends.torch.workspace import Workspace
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Executor, ModelInfo, ModelOutput
+from quire.core.kv_groups import KVCacheGroup, layer_group_index
 from quire.core.sizing import resolve_dtype
 from quire.models.config import model_info, parse_arch_config
 from quire.models.hf_quant import check_requested, quant_method
@@ -56,6 +57,7 @@ class TorchExecutor(Executor):
         super().__init__(config, extra_models, extra_quantization)
         self.model: torch.nn.Module | None = None
         self.kv_caches: list[torch.Tensor] = []
+        self.layer_group: list[int] = []  # each layer's KV group (quire.core.kv_groups)
         self.sampler = Sampler(config.seed)
         self.workspace = Workspace(self.device)
         # Set by the tensor-parallel executor (multiproc.py) before load_model: this rank's
@@ -147,18 +149,22 @@ class TorchExecutor(Executor):
                 return None
         return methods[name or "gguf"](self.quant_kernel)
 
-    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+    def allocate_kv_cache(self, num_blocks: int, block_size: int,
+                          kv_groups: tuple[KVCacheGroup, ...] = ()) -> None:
+        """kv_groups (Capabilities.hybrid_kv_cache): each layer's cache holds its group's
+        blocks, and attends through its group's tables."""
         assert self.info is not None, "load_model first"
-        shape = self.attention_cls.kv_cache_shape(num_blocks, block_size,
-                                                  self.info.num_kv_heads, self.info.head_size)
+        row = self.info.head_size
         dtype = TORCH_DTYPES[self.info.dtype]
         if self.attention_cls.kv_quant is not None:  # 8-bit rows: values, then a scale
-            shape = self.attention_cls.kv_cache_shape(num_blocks, block_size,
-                                                      self.info.num_kv_heads,
-                                                      kv_quant.row_bytes(self.info.head_size))
-            dtype = torch.uint8
-        self.kv_caches = [torch.zeros(shape, dtype=dtype, device=self.device)
-                          for _ in range(self.info.num_layers)]
+            row, dtype = kv_quant.row_bytes(self.info.head_size), torch.uint8
+        self.layer_group = layer_group_index(kv_groups, self.info.num_layers)
+        blocks = [g.num_blocks for g in kv_groups] or [num_blocks]
+        self.kv_caches = [
+            torch.zeros(self.attention_cls.kv_cache_shape(blocks[g], block_size,
+                                                          self.info.num_kv_heads, row),
+                        dtype=dtype, device=self.device)
+            for g in self.layer_group]
 
     @torch.inference_mode()
     def execute(self, batch: Batch) -> ModelOutput:
@@ -177,18 +183,26 @@ class TorchExecutor(Executor):
     def model_inputs(self, batch: Batch) -> tuple:
         """(input_ids, positions, kv_caches, metadata) for the model, on this device."""
         dev = self.device
-        md = AttentionMetadata(
-            slot_mapping=torch.from_numpy(batch.slot_mapping).to(dev),
-            query_start_loc=torch.from_numpy(batch.query_start_loc).to(dev),
-            seq_lens=torch.from_numpy(batch.seq_lens).to(dev),
-            block_tables=torch.from_numpy(batch.block_tables).to(dev),
-            query_start_loc_host=batch.query_start_loc,
-            seq_lens_host=batch.seq_lens,
-            num_reqs=batch.num_reqs,
-            max_query_len=batch.max_query_len,
-            max_seq_len=batch.max_seq_len,
-            workspace=self.workspace,
-        )
+        query_start_loc = torch.from_numpy(batch.query_start_loc).to(dev)
+        seq_lens = torch.from_numpy(batch.seq_lens).to(dev)
+        groups = []
+        for g in range(batch.num_kv_groups):
+            block_tables, slot_mapping = batch.group_tables(g)
+            groups.append(AttentionMetadata(
+                slot_mapping=torch.from_numpy(slot_mapping).to(dev),
+                query_start_loc=query_start_loc,
+                seq_lens=seq_lens,
+                block_tables=torch.from_numpy(block_tables).to(dev),
+                query_start_loc_host=batch.query_start_loc,
+                seq_lens_host=batch.seq_lens,
+                num_reqs=batch.num_reqs,
+                max_query_len=batch.max_query_len,
+                max_seq_len=batch.max_seq_len,
+                workspace=self.workspace,
+            ))
+        md = groups[0]
+        if len(groups) > 1:
+            md.layer_metadata = [groups[g] for g in self.layer_group]
         input_ids = torch.from_numpy(batch.input_ids).to(dev).long()
         positions = torch.from_numpy(batch.positions).to(dev).long()
         return input_ids, positions, self.kv_caches, md

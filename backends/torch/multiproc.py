@@ -209,8 +209,9 @@ class RankedExecutor(Executor):
     def profile_num_blocks(self, block_size: int, memory_bytes: int) -> int:
         return self.driver.profile_num_blocks(block_size, memory_bytes)
 
-    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        self._call("allocate_kv_cache", num_blocks, block_size)
+    def allocate_kv_cache(self, num_blocks: int, block_size: int,
+                          kv_groups: tuple = ()) -> None:
+        self._call("allocate_kv_cache", num_blocks, block_size, kv_groups)
 
     def execute(self, batch: Batch) -> ModelOutput:
         return self._call("execute", batch)

@@ -23,6 +23,7 @@ from quire.backends.tpu.sampler import host_rows, sample
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
+from quire.core.kv_groups import KVCacheGroup, layer_group_index
 from quire.core.sizing import resolve_dtype
 from quire.models.config import (
     BUILTIN_ARCHITECTURES,
@@ -67,6 +68,7 @@ class TpuExecutor(Executor):
             request_buckets=REQUEST_BUCKETS,
             max_num_seqs=REQUEST_BUCKETS[-1],
             fixed_block_table_width=True,  # one compiled shape per bucket pair
+            hybrid_kv_cache=True,
         )
 
     @classmethod
@@ -117,12 +119,20 @@ class TpuExecutor(Executor):
                     time.perf_counter() - start, jax.devices()[0].platform)
         return self.info
 
-    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+    def allocate_kv_cache(self, num_blocks: int, block_size: int,
+                          kv_groups: tuple[KVCacheGroup, ...] = ()) -> None:
+        """kv_groups (Capabilities.hybrid_kv_cache): each layer's cache holds its group's
+        blocks, and attends through its group's metadata."""
         assert self.info is not None and self.cfg is not None, "load_model first"
-        shape = (self.info.num_kv_heads, num_blocks, block_size, self.info.head_size)
+        layer_group = layer_group_index(kv_groups, self.info.num_layers)
+        blocks = [g.num_blocks for g in kv_groups] or [num_blocks]
         dtype = JAX_DTYPES[self.info.dtype]
-        self.kv_caches = [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-                          for _ in range(self.info.num_layers)]
+
+        def zeros(g: int) -> jax.Array:
+            return jnp.zeros((self.info.num_kv_heads, blocks[g], block_size,
+                              self.info.head_size), dtype)
+
+        self.kv_caches = [(zeros(g), zeros(g)) for g in layer_group]
         if self.mesh is not None:
             from quire.backends.tpu.sharding import cache_sharding, per_shard_attention
 
@@ -135,7 +145,8 @@ class TpuExecutor(Executor):
         if self.mesh is not None and self.attention_choice != "reference":
             attention = [per_shard_attention(a, self.mesh, cfg.num_kv_heads) for a in attention]
         forward = functools.partial(llama.forward, cfg=cfg, attention=attention,
-                                    write_kv=reference.write_kv)
+                                    write_kv=reference.write_kv,
+                                    layer_group=tuple(layer_group))
         self._step = jax.jit(functools.partial(_step, forward, cfg.final_soft_cap),
                              donate_argnums=(1,))
 
@@ -145,8 +156,9 @@ class TpuExecutor(Executor):
         t0 = time.perf_counter()
         num_rows = len(batch.query_start_loc) - 1
         # Capabilities.fixed_block_table_width: the tables' width never adds a compilation.
-        md = build_metadata(batch.query_start_loc, batch.seq_lens, batch.block_tables,
-                            batch.slot_mapping, self.kernel_params.query_block)
+        md = tuple(build_metadata(batch.query_start_loc, batch.seq_lens,
+                                  *batch.group_tables(g), self.kernel_params.query_block)
+                   for g in range(batch.num_kv_groups))
         num_sampled = len(batch.logits_indices)
         if num_sampled > num_rows:  # draft rows (speculative decoding): a larger bucket
             num_rows = next((b for b in REQUEST_BUCKETS if b >= num_sampled),

@@ -147,9 +147,12 @@ def moe(x: jax.Array, layer: dict, cfg: ModelArchConfig) -> jax.Array:
 
 def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
             positions: jax.Array, md: Any, *, cfg: ModelArchConfig,
-            attention: list[AttentionFn], write_kv: WriteFn) -> tuple[jax.Array, list[KVCache]]:
+            attention: list[AttentionFn], write_kv: WriteFn,
+            layer_group: tuple[int, ...] = ()) -> tuple[jax.Array, list[KVCache]]:
     """input_ids, positions [T] -> (final hidden [T, H], the updated caches). attention:
-    one function per layer (their windows differ)."""
+    one function per layer (their windows differ). md: the attention metadata, or with
+    layer_group (a hybrid KV cache, quire.core.kv_groups) one per KV group, layer i
+    reading md[layer_group[i]]."""
     num_tokens = input_ids.shape[0]
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
     embed = params["embed"]
@@ -160,6 +163,7 @@ def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
     eps = cfg.rms_norm_eps
     new_caches = []
     for i, (layer, (k_cache, v_cache)) in enumerate(zip(params["layers"], kv_caches)):
+        layer_md = md[layer_group[i]] if layer_group else md
         h = rms_norm(x, layer["input_layernorm.weight"], eps)
         qkv = linear(h, layer["qkv_proj.weight"])
         if "qkv_proj.bias" in layer:
@@ -172,8 +176,8 @@ def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
             k = rms_norm(k, layer["k_norm.weight"], eps)
         spec = rope_spec(cfg.rotary_dim, *cfg.layer_rope(i))
         q, k = rope(q, positions, spec), rope(k, positions, spec)
-        k_cache, v_cache = write_kv(k, v, k_cache, v_cache, md.slot_mapping)
-        attn = linear(attention[i](q, k_cache, v_cache, md).reshape(num_tokens, hq * d),
+        k_cache, v_cache = write_kv(k, v, k_cache, v_cache, layer_md.slot_mapping)
+        attn = linear(attention[i](q, k_cache, v_cache, layer_md).reshape(num_tokens, hq * d),
                       layer["o_proj.weight"])
         if cfg.sandwich_norms:
             x = x + rms_norm(attn, layer["post_attention_layernorm.weight"], eps)

@@ -76,10 +76,12 @@ class GpuExecutor(TorchExecutor):
             request_buckets=GRAPH_BUCKETS,
             max_num_seqs=GRAPH_BUCKETS[-1],
             kv_cache_dtypes=("auto", *KV_QUANT_DTYPES),
+            hybrid_kv_cache=True,
         )
 
-    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        super().allocate_kv_cache(num_blocks, block_size)
+    def allocate_kv_cache(self, num_blocks: int, block_size: int,
+                          kv_groups: tuple = ()) -> None:
+        super().allocate_kv_cache(num_blocks, block_size, kv_groups)
         if self.use_graphs and self.device.type == "cuda":
             from quire.backends.triton.graphs import DecodeGraphs
 
@@ -119,4 +121,5 @@ class TritonInterpretExecutor(GpuExecutor):
     def capabilities(cls) -> Capabilities:
         return Capabilities(dtypes=("float32", "bfloat16", "float16"), default_dtype="float32",
                             block_sizes=(8, 16, 32, 64, 128),
-                            kv_cache_dtypes=("auto", *KV_QUANT_DTYPES))
+                            kv_cache_dtypes=("auto", *KV_QUANT_DTYPES),
+                            hybrid_kv_cache=True)

@@ -45,6 +45,7 @@ class DecodeGraphs:
         return (batch.max_query_len == 1 and len(batch.input_ids) == num_rows
                 and num_rows in self.buckets
                 and batch.block_tables.shape[1] <= self.max_pages
+                and batch.num_kv_groups == 1  # (hybrid KV caches run eagerly)
                 and np.array_equal(batch.logits_indices, np.arange(batch.num_reqs)))
 
     @torch.inference_mode()

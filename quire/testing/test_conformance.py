@@ -18,7 +18,9 @@
    speculation;
 6. 8-bit KV caches it declares (Capabilities.kv_cache_dtypes: "int8", "fp8_e4m3"): greedy
    tokens equal the cpu backend's with the same cache, with chunked prefill and prefix
-   hits, in at most two thirds of the bf16 cache's bytes per block.
+   hits, in at most two thirds of the bf16 cache's bytes per block;
+7. a hybrid KV cache, where declared (Capabilities.hybrid_kv_cache): a model mixing
+   sliding-window and global layers, each group in its own cache, equals the cpu backend.
 
 A backend that is not registered, not available, or whose plugin or executor fails to
 load is a failure with the reason, never a silent pass (--quire-skip-unavailable turns that
@@ -380,3 +382,36 @@ def test_quantized_kv_cache_matches_cpu(backend, caps, model_dir, kind):
     if facts["info"].dtype != "bfloat16":
         bf16 = bf16 * 2 // {"float32": 4, "float16": 2}[facts["info"].dtype]
     assert facts["bytes_per_block"] * 3 <= bf16 * 2, (facts["bytes_per_block"], bf16)
+
+
+# -- hybrid KV cache -----------------------------------------------------------------------
+def test_hybrid_kv_cache_matches_cpu(backend, caps, tmp_path_factory):
+    """Capabilities.hybrid_kv_cache: a Gemma 3 model (a sliding-window layer and a global
+    one) with the windowed layer in its own, smaller cache: greedy tokens equal the cpu
+    backend's (which equals HF transformers), every layer reading its group's tables."""
+    from quire import LLM, SamplingParams
+    from quire.testing.tiny_models import build_model
+
+    if not caps.hybrid_kv_cache:
+        pytest.skip("hybrid_kv_cache not declared: mixed-window models keep one table")
+    dtype = "float32" if "float32" in caps.dtypes else caps.default_dtype
+    model = build_model(str(tmp_path_factory.mktemp("hybrid-model")), "gemma3",
+                        sliding_window=16)
+    prompts = [list(range(3, 60)), list(range(3, 40)) + [7, 8, 9], [5]]
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, logprobs=2)
+
+    def run(name: str, block_size: int) -> list:
+        llm = LLM(model, backend=name, dtype=dtype, block_size=block_size,
+                  num_blocks=1 + 3 * cdiv(100, block_size), max_num_seqs=2,
+                  max_num_batched_tokens=32)
+        groups = llm.engine.kv_cache.groups
+        assert [g.window for g in groups] == [None, 16]
+        assert groups[0].num_blocks > groups[1].num_blocks, groups
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                            use_tqdm=False)
+        assert llm.engine.stats().num_used_blocks == 0
+        llm.engine.shutdown()
+        return outs
+
+    _assert_greedy_equal(run("cpu", 16), run(backend.spec.name, caps.default_block_size),
+                         NEAR_TIE.get(dtype, NEAR_TIE["bfloat16"]))

@@ -151,8 +151,8 @@ class LlamaForCausalLM(nn.Module):
         if self.cfg.embed_scale is not None:
             x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
         tables = [rope.table(positions) for rope in self.ropes]
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, tables[layer.rope_index], kv_cache, md)
+        for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
+            x = layer(x, tables[layer.rope_index], kv_cache, md.for_layer(i))
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
