@@ -45,6 +45,9 @@ class EngineConfig:
     kv_cache_dtype: "auto" (the model's dtype) or an 8-bit cache, "int8" or "fp8_e4m3"
         ("fp8" is taken as "fp8_e4m3"), with a scale per token and KV head: about twice
         the tokens per GiB, where the backend supports it (Capabilities.kv_cache_dtypes).
+    disable_hybrid_kv_cache_manager: keep one block table for every layer of a model that
+        mixes sliding-window and full-attention layers (by default, where the backend
+        supports it, the windowed layers hold only their window: quire.core.kv_groups).
     """
 
     model: str | None = None
@@ -65,6 +68,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     kv_cache_dtype: str = "auto"
+    disable_hybrid_kv_cache_manager: bool = False
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype == "fp8":
@@ -117,12 +121,13 @@ class SchedulerConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheConfig:
     """The paged KV cache: num_blocks blocks (block 0 the null block) of block_size tokens;
-    with kv_groups, one pool per group of layers (num_blocks: group 0's)."""
+    with kv_groups, one block table per group of layers over a pool of num_blocks pages."""
 
     num_blocks: int
     block_size: int
     enable_prefix_caching: bool = True
-    # Hybrid cache (quire.core.kv_groups.KVCacheGroup per group; num_blocks is group 0's).
+    # Hybrid cache (a quire.core.kv_groups.KVCacheGroup per group; num_blocks: the pages of
+    # the pool they share).
     kv_groups: tuple = ()
 
 

@@ -73,8 +73,9 @@ class LLMEngine:
         self.max_model_len = scheduler_config.max_model_len
         self.kv_cache: KVCacheManager | HybridKVCacheManager
         if cache_config.kv_groups:
-            self.kv_cache = HybridKVCacheManager(cache_config.kv_groups, cache_config.block_size,
-                                                 cache_config.enable_prefix_caching)
+            self.kv_cache = HybridKVCacheManager(
+                cache_config.kv_groups, cache_config.num_blocks, cache_config.block_size,
+                cache_config.enable_prefix_caching)
         else:
             self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
                                            cache_config.enable_prefix_caching,
@@ -85,7 +86,9 @@ class LLMEngine:
             max_num_batched_tokens=scheduler_config.max_num_batched_tokens,
             enable_chunked_prefill=scheduler_config.enable_chunked_prefill,
             block_size=cache_config.block_size,
-            num_usable_blocks=self.kv_cache.num_usable_blocks)
+            num_usable_blocks=self.kv_cache.pool.num_usable_blocks,
+            full_groups=max(1, sum(g.window is None for g in cache_config.kv_groups)),
+            windows=tuple(g.window for g in cache_config.kv_groups if g.window is not None))
         caps = executor.capabilities()
         self._token_buckets = caps.token_buckets
         self._request_buckets = caps.request_buckets

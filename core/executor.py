@@ -40,10 +40,10 @@ class Capabilities:
         (cdiv(max_model_len, block_size), at most num_blocks - 1), e.g. for compiled shapes.
     kv_cache_dtypes: the EngineConfig.kv_cache_dtype values it honours ("auto": the model's
         dtype; "int8", "fp8_e4m3": 8-bit caches, quire.core.sizing's layout).
-    hybrid_kv_cache: True when it keeps layers of different windows in separate caches
-        (quire.core.kv_groups): allocate_kv_cache then takes the groups, and layer l reads
-        Batch.group_tables(g) of its group g. False: one table for every layer, and a
-        model mixing full and sliding-window layers keeps every block.
+    hybrid_kv_cache: True when it gives layers of different windows separate block tables
+        over shared pages (quire.core.kv_groups): allocate_kv_cache then takes the groups,
+        and layer l reads Batch.group_tables(g) of its group g. False: one table for every
+        layer, and a model mixing full and sliding-window layers keeps every block.
     """
 
     dtypes: tuple[str, ...]
@@ -149,8 +149,9 @@ class Executor(ABC):
 
         A backend declaring Capabilities.hybrid_kv_cache also takes a keyword argument
         kv_groups (a tuple of quire.core.kv_groups.KVCacheGroup, empty when the model's
-        layers share one table): then layer l's cache holds the num_blocks of its group,
-        and num_blocks is group 0's."""
+        layers share one table): then num_blocks counts pages, each holding one block of
+        every slot s < max(len(g.layers)); group g's s-th layer keeps its K/V in slot s
+        (kv_groups.layer_slots), so layers of one slot share a cache tensor."""
 
     @abstractmethod
     def execute(self, batch: Batch) -> ModelOutput:

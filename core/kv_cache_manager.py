@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quire.core.block_pool import BlockPool, KVBlock
+from quire.core.hashing import BlockHash
 from quire.core.request import Request
 from quire.core.sizing import cdiv
 
@@ -31,11 +32,14 @@ class KVCacheManager:
     back (to the prefix cache, when cached) and its table holds the null block there."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-                 window: int | None = None):
+                 window: int | None = None, pool: BlockPool | None = None, group: int = 0):
+        """pool, group: a shared pool (quire.core.kv_groups), and this manager's group there,
+        which keeps its prefix-cache entries apart from other groups'."""
         self.block_size = block_size
         self.window = window
+        self.group = group
         self.enable_prefix_caching = enable_prefix_caching
-        self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
+        self.pool = pool or BlockPool(num_blocks, enable_caching=enable_prefix_caching)
         self.req_to_blocks: dict[str, list[KVBlock]] = {}
         # Block ids alongside the blocks, so building a batch never touches KVBlock objects.
         self.req_to_block_ids: dict[str, list[int]] = {}
@@ -65,7 +69,7 @@ class KVCacheManager:
         max_blocks = (request.num_tokens - 1) // self.block_size
         hits: list[KVBlock] = []
         for block_hash in request.block_hashes[:max_blocks]:
-            block = self.pool.get_cached_block(block_hash)
+            block = self.pool.get_cached_block(self.cache_key(block_hash))
             if block is None:
                 break
             hits.append(block)
@@ -86,7 +90,8 @@ class KVCacheManager:
         scheduled later in the same step may hit them, which is safe because every layer
         writes the whole batch's K/V before any attention reads it."""
         new_computed_blocks = new_computed_blocks or []
-        if self.num_blocks_short(request, num_new_tokens, new_computed_blocks) > 0:
+        if (self.num_blocks_needed(request, num_new_tokens, new_computed_blocks)
+                > self.pool.num_free_blocks):
             self.forget_if_empty(request.request_id)
             return None
         blocks = self.req_to_blocks[request.request_id]
@@ -108,14 +113,18 @@ class KVCacheManager:
                                                num_computed // self.block_size)
             for i in range(start, num_full):
                 if blocks[i] is not self.pool.null_block:
-                    self.pool.cache_block(blocks[i], request.block_hashes[i])
+                    self.pool.cache_block(blocks[i], self.cache_key(request.block_hashes[i]))
             self.req_to_num_cached[request.request_id] = max(start, num_full)
         return new_blocks
 
-    def num_blocks_short(self, request: Request, num_new_tokens: int,
-                         new_computed_blocks: list[KVBlock]) -> int:
-        """How many blocks the pool lacks to allocate these slots (<= 0: it can). Gives back
-        the blocks that fell out of the window first, as allocating would."""
+    def cache_key(self, block_hash: BlockHash) -> BlockHash:
+        """The prefix-cache key of a block hash in this manager's group."""
+        return block_hash if self.group == 0 else hash((self.group, block_hash))
+
+    def num_blocks_needed(self, request: Request, num_new_tokens: int,
+                          new_computed_blocks: list[KVBlock]) -> int:
+        """Blocks these slots take off the free list (new ones and hits on free blocks).
+        Gives back the blocks that fell out of the window first, as allocating would."""
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
         block_ids = self.req_to_block_ids.setdefault(request.request_id, [])
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
@@ -124,7 +133,7 @@ class KVCacheManager:
         num_new_blocks = (self.num_blocks_for(num_computed + num_new_tokens) - len(blocks)
                           - len(new_computed_blocks))
         num_hits_on_free = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
-        return num_new_blocks + num_hits_on_free - self.pool.num_free_blocks
+        return max(num_new_blocks, 0) + num_hits_on_free
 
     def forget_if_empty(self, request_id: str) -> None:
         """Drop the bookkeeping of a request that holds no block (its allocation failed)."""

@@ -1,23 +1,30 @@
-"""Hybrid KV cache: layers with different attention windows keep separate block pools.
+"""Hybrid KV cache: layers with different attention windows keep separate block tables over
+one shared pool of pages.
 
 A model that mixes full-attention layers with sliding-window layers (Gemma 2: 1:1, Gemma 3:
 1 global per 5 local) would otherwise keep every block of every layer, though a local layer
-reads only the last `window` positions. Here the layers form KV groups by window; each group
-has its own pool and block table per request (quire.core.kv_cache_manager), and a windowed
-group gives back the blocks that fall out of its window. Group 0 is the full-attention one,
-so its table bounds what a request can hold; the windowed pools are sized to what the
-running requests can ever need at once, and the rest of the memory goes to group 0.
+reads only the last `window` positions. Here the layers form KV groups of equal size k, each
+of one window (Gemma 3 with 4 global and 22 local layers: one group of the 4 global layers,
+six groups of up to 4 local ones). A page holds one block of k layers (layer slot s of a
+page belongs to the group's s-th layer); every group takes its pages from the one pool and
+has its own block table per request; a windowed group gives its pages back as the window
+moves on. The split between groups is dynamic: a long context costs about what its global
+layers need.
 
-A backend opts in with Capabilities.hybrid_kv_cache; it then gets the groups in
-allocate_kv_cache and reads, for layer l, the block table and slot mapping of group
-layer_group[l] (Batch.group_tables)."""
+    page:   [slot 0 | slot 1 | slot 2 | slot 3]      k = 4 layers' blocks
+    group 0 (full, layers 5 11 17 23)   table: p7 p2 p9 p4 p8 ...   (every block)
+    group 1 (window, layers 0 1 2 3)    table: 0  0  0  p3 p6       (the window only)
+
+A backend opts in with Capabilities.hybrid_kv_cache; allocate_kv_cache then gets the groups
+and the page count, and layer l reads the block table and slot mapping of its group
+(Batch.group_tables)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from quire.core.block_pool import KVBlock
+from quire.core.block_pool import BlockPool, KVBlock
 from quire.core.kv_cache_manager import KVCacheManager, KVCacheStats
 from quire.core.request import Request
 from quire.core.sizing import cdiv
@@ -25,71 +32,80 @@ from quire.core.sizing import cdiv
 
 @dataclass(frozen=True, slots=True)
 class KVCacheGroup:
-    """Layers that share one block table: their window (None: full attention) and how many
-    blocks (block 0 the null block) each of those layers' caches holds."""
+    """Layers sharing one block table and their window (None: full attention); layers[s]
+    keeps its K/V in slot s of each page."""
 
     layers: tuple[int, ...]
     window: int | None
-    num_blocks: int
 
 
-def layer_groups(layer_windows: Sequence[int | None]) -> list[tuple[tuple[int, ...], int | None]]:
-    """(layers, window) per group for per-layer windows: full-attention layers first, then
-    one group per window size. A single entry when every layer has the same window."""
+def plan_kv_groups(layer_windows: Sequence[int | None]) -> tuple[KVCacheGroup, ...]:
+    """Groups for per-layer windows: full-attention layers first, then by window size, each
+    cut into groups of the smallest such set's size. Empty unless full-attention layers mix
+    with windowed ones (a single window is KVCacheManager's own business)."""
     windows = sorted(set(layer_windows), key=lambda w: (w is not None, w or 0))
-    return [(tuple(i for i, w in enumerate(layer_windows) if w == window), window)
-            for window in windows]
-
-
-def plan_kv_groups(layer_windows: Sequence[int | None], num_blocks: int, block_size: int,
-                   max_num_seqs: int, max_num_batched_tokens: int) -> tuple[KVCacheGroup, ...]:
-    """Split the memory of num_blocks whole-model blocks between the groups. Empty when the
-    layers do not mix windows (one table serves them all).
-
-    A windowed group needs at most, for each running request, its window plus one block on
-    either side, and the blocks of two steps' new tokens (freed as the window moves on):
-    that many blocks; the full-attention group gets what is left (never fewer blocks than a
-    windowed group, which it bounds)."""
-    groups = layer_groups(layer_windows)
-    if len(groups) < 2 or groups[0][1] is not None:
+    if len(windows) < 2 or windows[0] is not None:
         return ()
-    layer_blocks = num_blocks * len(layer_windows)  # memory, in one layer's blocks
-    full_layers = len(groups[0][0])
-    sizes = []
-    for _, window in groups[1:]:
-        assert window is not None
-        need = (max_num_seqs * (cdiv(window - 1, block_size) + 2)
-                + 2 * cdiv(max_num_batched_tokens, block_size) + 1)
-        sizes.append(min(need, num_blocks))
-    full = (layer_blocks - sum(n * len(layers) for n, (layers, _) in zip(sizes, groups[1:]))
-            ) // full_layers
-    if full < max(sizes):  # the windows need all: no saving, every group equal
-        full, sizes = num_blocks, [num_blocks] * len(sizes)
-    return tuple(KVCacheGroup(layers, window, n)
-                 for (layers, window), n in zip(groups, [full, *sizes]))
+    by_window = [[i for i, w in enumerate(layer_windows) if w == window] for window in windows]
+    k = min(len(layers) for layers in by_window)
+    return tuple(KVCacheGroup(tuple(layers[i:i + k]), window)
+                 for window, layers in zip(windows, by_window)
+                 for i in range(0, len(layers), k))
 
 
-def layer_group_index(groups: Sequence[KVCacheGroup], num_layers: int) -> list[int]:
-    """For each layer, the index of its group (all 0 without groups)."""
-    index = [0] * num_layers
-    for g, group in enumerate(groups):
-        for layer in group.layers:
-            index[layer] = g
-    return index
+def layer_slots(groups: Sequence[KVCacheGroup], num_layers: int) -> tuple[list[int], list[int]]:
+    """(group of each layer, its slot in a page); all zeros without groups."""
+    group, slot = [0] * num_layers, [0] * num_layers
+    for g, kv_group in enumerate(groups):
+        for s, layer in enumerate(kv_group.layers):
+            group[layer], slot[layer] = g, s
+    return group, slot
+
+
+def page_slots(groups: Sequence[KVCacheGroup]) -> int:
+    """Layer blocks in one page."""
+    return max(len(g.layers) for g in groups)
+
+
+def num_pages(groups: Sequence[KVCacheGroup], num_blocks: int, num_layers: int) -> int:
+    """Pages in the memory of num_blocks whole-model blocks."""
+    return num_blocks * num_layers // page_slots(groups)
+
+
+# A decode step computes one token, or a few with speculative drafts: the windowed groups'
+# share of a long sequence is sized for this many.
+DECODE_TOKENS = 16
+
+
+def window_pages(windows: Sequence[int], block_size: int, num_new_tokens: int) -> int:
+    """Pages windowed groups (of these windows) hold for one request computing
+    num_new_tokens at once: its window, the new tokens, a partial block on either side."""
+    return sum(cdiv(w - 1 + num_new_tokens, block_size) + 1 for w in windows)
+
+
+def usable_full_blocks(groups: Sequence[KVCacheGroup], pages: int, block_size: int) -> int:
+    """Blocks one request can grow to in each full-attention group, decoding alone: the
+    longest sequence the cache serves is this times block_size. (A long prompt's chunks
+    need more of the windowed groups: PromptLimits checks those.)"""
+    full = sum(1 for g in groups if g.window is None)
+    windows = [g.window for g in groups if g.window is not None]
+    return max(0, (pages - 1 - window_pages(windows, block_size, DECODE_TOKENS)) // full)
 
 
 class HybridKVCacheManager:
-    """KVCacheManager's interface over one manager per group. Allocation is all or nothing
-    across groups; a prefix-cache hit is the longest prefix every group can serve (a
-    windowed group only needs the blocks inside the window of the next position)."""
+    """KVCacheManager's interface over one manager per group, all on one pool. Allocation is
+    all or nothing across groups; a prefix-cache hit is the longest prefix every group can
+    serve (a windowed group only needs the blocks inside the window of the next position)."""
 
-    def __init__(self, groups: Sequence[KVCacheGroup], block_size: int,
+    def __init__(self, groups: Sequence[KVCacheGroup], num_pages: int, block_size: int,
                  enable_prefix_caching: bool = True) -> None:
         self.groups = tuple(groups)
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.managers = [KVCacheManager(g.num_blocks, block_size, enable_prefix_caching,
-                                        window=g.window) for g in self.groups]
+        self.pool = BlockPool(num_pages, enable_caching=enable_prefix_caching)
+        self.managers = [KVCacheManager(num_pages, block_size, enable_prefix_caching,
+                                        window=g.window, pool=self.pool, group=i)
+                         for i, g in enumerate(self.groups)]
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
 
@@ -97,22 +113,13 @@ class HybridKVCacheManager:
     def num_groups(self) -> int:
         return len(self.managers)
 
-    @property
-    def num_usable_blocks(self) -> int:
-        """Of group 0 (full attention), which bounds how long a request can grow."""
-        return self.managers[0].num_usable_blocks
-
-    @property
-    def pool(self) -> _Pools:
-        """Every group's pool, as far as reset_prefix_cache goes."""
-        return _Pools([m.pool for m in self.managers])
-
     def get_computed_blocks(self, request: Request) -> tuple[list[list[KVBlock]], int]:
         empty: list[list[KVBlock]] = [[] for _ in self.managers]
         if not self.enable_prefix_caching:
             return empty, 0
         hashes = request.block_hashes[: (request.num_tokens - 1) // self.block_size]
-        cached = [[m.pool.get_cached_block(h) for h in hashes] for m in self.managers]
+        cached = [[self.pool.get_cached_block(m.cache_key(h)) for h in hashes]
+                  for m in self.managers]
         n = len(hashes)
         while True:  # shrink until every group serves n blocks
             m = n
@@ -126,8 +133,7 @@ class HybridKVCacheManager:
         hits = []
         for manager, blocks in zip(self.managers, cached):
             first = self._first_needed(manager.window, n)
-            null = manager.pool.null_block
-            hits.append([null] * first + blocks[first:n])  # type: ignore[list-item]
+            hits.append([self.pool.null_block] * first + blocks[first:n])  # type: ignore
         return hits, n * self.block_size
 
     def _first_needed(self, window: int | None, n: int) -> int:
@@ -147,8 +153,9 @@ class HybridKVCacheManager:
                        new_computed_blocks: list[list[KVBlock]] | None = None
                        ) -> list[list[KVBlock]] | None:
         hits = new_computed_blocks or [[] for _ in self.managers]
-        if any(m.num_blocks_short(request, num_new_tokens, h) > 0
-               for m, h in zip(self.managers, hits)):
+        needed = sum(m.num_blocks_needed(request, num_new_tokens, h)
+                     for m, h in zip(self.managers, hits))
+        if needed > self.pool.num_free_blocks:
             for m in self.managers:
                 m.forget_if_empty(request.request_id)
             return None
@@ -164,21 +171,13 @@ class HybridKVCacheManager:
         return self.managers[group].get_block_ids(request_id)
 
     def stats(self) -> KVCacheStats:
-        """Group 0's blocks; usage is the fullest group's."""
-        s = self.managers[0].stats()
-        s.usage = max(m.pool.usage() for m in self.managers)
-        s.prefix_cache_queries = self.prefix_cache_queries
-        s.prefix_cache_hits = self.prefix_cache_hits
-        return s
-
-
-class _Pools:
-    """reset_prefix_cache over every group's pool."""
-
-    def __init__(self, pools: list) -> None:
-        self.pools = pools
-
-    def reset_prefix_cache(self) -> bool:
-        if any(p.num_free_blocks != p.num_usable_blocks for p in self.pools):
-            return False
-        return all(p.reset_prefix_cache() for p in self.pools)
+        """The pool's pages (every group's blocks)."""
+        free = self.pool.num_free_blocks
+        return KVCacheStats(
+            num_blocks=self.pool.num_usable_blocks,
+            num_used_blocks=self.pool.num_usable_blocks - free,
+            num_free_blocks=free,
+            usage=self.pool.usage(),
+            prefix_cache_queries=self.prefix_cache_queries,
+            prefix_cache_hits=self.prefix_cache_hits,
+        )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quire.core.kv_groups import window_pages
 from quire.core.sizing import cdiv
 
 
@@ -19,6 +20,10 @@ class PromptLimits:
     enable_chunked_prefill: bool
     block_size: int
     num_usable_blocks: int
+    # A hybrid KV cache (quire.core.kv_groups): its full-attention groups, each holding
+    # every block, and the windows of its windowed groups, sharing the usable blocks.
+    full_groups: int = 1
+    windows: tuple[int, ...] = ()
 
     def check_token_ids(self, token_ids: Sequence[int], what: str = "prompt") -> None:
         """ValueError unless every id is in [0, vocab_size)."""
@@ -39,7 +44,12 @@ class PromptLimits:
             return (f"prompt has {num_prompt_tokens} tokens, more than max_num_batched_tokens="
                     f"{self.max_num_batched_tokens}, and chunked prefill is off; enable chunked "
                     "prefill or raise max_num_batched_tokens")
-        needed = cdiv(num_prompt_tokens + 1, self.block_size)
+        needed = self.full_groups * cdiv(num_prompt_tokens + 1, self.block_size)
+        if self.windows:  # the largest prefill step's window pages
+            step = num_prompt_tokens + 1
+            if self.enable_chunked_prefill:
+                step = min(step, self.max_num_batched_tokens)
+            needed += window_pages(self.windows, self.block_size, step)
         if needed > self.num_usable_blocks:
             return (f"prompt needs {needed} KV blocks but the cache holds only "
                     f"{self.num_usable_blocks}; give the KV cache more memory")

@@ -44,6 +44,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    choices=["auto", "int8", "fp8", "fp8_e4m3"],
                    help="KV cache storage: auto (the model's dtype) or 8-bit with a scale per "
                         "token and head, about twice the tokens per GiB (cpu, cuda, rocm)")
+    g.add_argument("--disable-hybrid-kv-cache-manager", action="store_true",
+                   help="one block table for every layer, even when a model mixes "
+                        "sliding-window and full-attention layers (Gemma 2/3), which then "
+                        "keep every block of every layer")
     g.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='speculative decoding, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' or \'{"method": "draft_model", '
@@ -68,4 +72,5 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         tensor_parallel_size=args.tensor_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
         kv_cache_dtype=args.kv_cache_dtype,
+        disable_hybrid_kv_cache_manager=args.disable_hybrid_kv_cache_manager,
     )

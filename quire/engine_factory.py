@@ -11,7 +11,7 @@ from quire.core.config import CacheConfig, EngineConfig, SchedulerConfig
 from quire.core.draft_model import DraftModelProposer
 from quire.core.engine import LLMEngine
 from quire.core.executor import Executor, ModelInfo
-from quire.core.kv_groups import plan_kv_groups
+from quire.core.kv_groups import num_pages, page_slots, plan_kv_groups, usable_full_blocks
 from quire.core.spec_decode import NgramProposer, Proposer, SpecDecoder
 from quire.core.structured_outputs import StructuredOutputManager
 from quire.default_model import resolve_model
@@ -54,22 +54,25 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
         block_size, config.kv_cache_memory_bytes)
     bytes_per_block = executor.kv_cache_bytes_per_block(block_size)
     gib = num_blocks * bytes_per_block / (1 << 30)
-    kv_groups = plan_kv_groups(info.layer_windows, num_blocks, block_size, max_seqs,
-                               max_tokens) if caps.hybrid_kv_cache else ()
-    if kv_groups:  # the same memory, split by window: group 0 (full attention) gains
-        num_blocks = kv_groups[0].num_blocks
+    kv_groups = plan_kv_groups(info.layer_windows) \
+        if caps.hybrid_kv_cache and not config.disable_hybrid_kv_cache_manager else ()
+    if kv_groups:  # the same memory in pages of a few layers, shared by every group
+        num_blocks = num_pages(kv_groups, num_blocks, info.num_layers)
         executor.allocate_kv_cache(num_blocks, block_size, kv_groups=kv_groups)
-        logger.info("hybrid KV cache: %s", "; ".join(
-            f"{len(g.layers)} layers {'full' if g.window is None else f'window {g.window}'}"
-            f": {g.num_blocks} blocks" for g in kv_groups))
+        capacity = usable_full_blocks(kv_groups, num_blocks, block_size) * block_size
+        windows = sorted({g.window for g in kv_groups if g.window is not None})
+        logger.info("hybrid KV cache: %d block tables (%d full attention, the others "
+                    "window %s), pages of %d layers' blocks", len(kv_groups),
+                    sum(g.window is None for g in kv_groups),
+                    "/".join(map(str, windows)), page_slots(kv_groups))
     else:
         executor.allocate_kv_cache(num_blocks, block_size)
-    capacity = (num_blocks - 1) * block_size
+        capacity = (num_blocks - 1) * block_size
     max_model_len = _max_model_len(config, info.max_model_len, capacity)
     kv_dtype = info.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype
-    logger.info("backend %s; KV cache (%s): %d blocks x %d tokens = %d tokens (%.2f GiB); "
-                "max_model_len %d", status.spec.name, kv_dtype, num_blocks, block_size,
-                capacity, gib, max_model_len)
+    logger.info("backend %s; KV cache (%s): %d blocks of %d tokens, %d tokens for one "
+                "sequence (%.2f GiB); max_model_len %d", status.spec.name, kv_dtype,
+                num_blocks, block_size, capacity, gib, max_model_len)
     tokenizer = HFTokenizer.from_pretrained(config.tokenizer or config.model)
     return LLMEngine(
         executor, tokenizer, info,
@@ -82,7 +85,8 @@ def create_engine(config: EngineConfig, plugins: QuirePlugins | None = None) -> 
         backend_name=status.spec.name,
         structured_outputs=structured_manager(tokenizer, info),
         speculative=_spec_decoder(config, executor_cls, plugins, tokenizer, info,
-                                  num_blocks, block_size, max_model_len, max_tokens),
+                                  capacity // block_size + 1, block_size, max_model_len,
+                                  max_tokens),
     )
 
 

@@ -28,7 +28,7 @@ from quire.backends.torch.workspace import Workspace
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Executor, ModelInfo, ModelOutput
-from quire.core.kv_groups import KVCacheGroup, layer_group_index
+from quire.core.kv_groups import KVCacheGroup, layer_slots
 from quire.core.sizing import resolve_dtype
 from quire.models.config import model_info, parse_arch_config
 from quire.models.hf_quant import check_requested, quant_method
@@ -151,20 +151,22 @@ class TorchExecutor(Executor):
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int,
                           kv_groups: tuple[KVCacheGroup, ...] = ()) -> None:
-        """kv_groups (Capabilities.hybrid_kv_cache): each layer's cache holds its group's
-        blocks, and attends through its group's tables."""
+        """kv_groups (Capabilities.hybrid_kv_cache): num_blocks pages shared by the groups;
+        layers in the same slot of different groups share one tensor (their groups never
+        hold the same page), and each layer attends through its group's tables."""
         assert self.info is not None, "load_model first"
         row = self.info.head_size
         dtype = TORCH_DTYPES[self.info.dtype]
         if self.attention_cls.kv_quant is not None:  # 8-bit rows: values, then a scale
             row, dtype = kv_quant.row_bytes(self.info.head_size), torch.uint8
-        self.layer_group = layer_group_index(kv_groups, self.info.num_layers)
-        blocks = [g.num_blocks for g in kv_groups] or [num_blocks]
-        self.kv_caches = [
-            torch.zeros(self.attention_cls.kv_cache_shape(blocks[g], block_size,
-                                                          self.info.num_kv_heads, row),
-                        dtype=dtype, device=self.device)
-            for g in self.layer_group]
+        self.layer_group, slot = layer_slots(kv_groups, self.info.num_layers)
+        if not kv_groups:
+            slot = list(range(self.info.num_layers))
+        shape = self.attention_cls.kv_cache_shape(num_blocks, block_size,
+                                                  self.info.num_kv_heads, row)
+        tensors = [torch.zeros(shape, dtype=dtype, device=self.device)
+                   for _ in range(max(slot) + 1)]
+        self.kv_caches = [tensors[s] for s in slot]
 
     @torch.inference_mode()
     def execute(self, batch: Batch) -> ModelOutput:

@@ -23,7 +23,7 @@ from quire.backends.tpu.sampler import host_rows, sample
 from quire.core.batch import Batch
 from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, Executor, ModelInfo, ModelOutput
-from quire.core.kv_groups import KVCacheGroup, layer_group_index
+from quire.core.kv_groups import KVCacheGroup, layer_slots
 from quire.core.sizing import resolve_dtype
 from quire.models.config import (
     BUILTIN_ARCHITECTURES,
@@ -121,18 +121,17 @@ class TpuExecutor(Executor):
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int,
                           kv_groups: tuple[KVCacheGroup, ...] = ()) -> None:
-        """kv_groups (Capabilities.hybrid_kv_cache): each layer's cache holds its group's
-        blocks, and attends through its group's metadata."""
+        """kv_groups (Capabilities.hybrid_kv_cache): num_blocks pages shared by the groups;
+        a cache per page slot, which the layers in that slot of each group share, and each
+        layer attends through its group's metadata."""
         assert self.info is not None and self.cfg is not None, "load_model first"
-        layer_group = layer_group_index(kv_groups, self.info.num_layers)
-        blocks = [g.num_blocks for g in kv_groups] or [num_blocks]
+        layer_group, layer_slot = layer_slots(kv_groups, self.info.num_layers)
+        if not kv_groups:
+            layer_slot = list(range(self.info.num_layers))
+        shape = (self.info.num_kv_heads, num_blocks, block_size, self.info.head_size)
         dtype = JAX_DTYPES[self.info.dtype]
-
-        def zeros(g: int) -> jax.Array:
-            return jnp.zeros((self.info.num_kv_heads, blocks[g], block_size,
-                              self.info.head_size), dtype)
-
-        self.kv_caches = [(zeros(g), zeros(g)) for g in layer_group]
+        self.kv_caches = [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                          for _ in range(max(layer_slot) + 1)]
         if self.mesh is not None:
             from quire.backends.tpu.sharding import cache_sharding, per_shard_attention
 
@@ -146,7 +145,8 @@ class TpuExecutor(Executor):
             attention = [per_shard_attention(a, self.mesh, cfg.num_kv_heads) for a in attention]
         forward = functools.partial(llama.forward, cfg=cfg, attention=attention,
                                     write_kv=reference.write_kv,
-                                    layer_group=tuple(layer_group))
+                                    layer_group=tuple(layer_group),
+                                    layer_slot=tuple(layer_slot))
         self._step = jax.jit(functools.partial(_step, forward, cfg.final_soft_cap),
                              donate_argnums=(1,))
 

@@ -148,11 +148,13 @@ def moe(x: jax.Array, layer: dict, cfg: ModelArchConfig) -> jax.Array:
 def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
             positions: jax.Array, md: Any, *, cfg: ModelArchConfig,
             attention: list[AttentionFn], write_kv: WriteFn,
-            layer_group: tuple[int, ...] = ()) -> tuple[jax.Array, list[KVCache]]:
+            layer_group: tuple[int, ...] = (), layer_slot: tuple[int, ...] = ()
+            ) -> tuple[jax.Array, list[KVCache]]:
     """input_ids, positions [T] -> (final hidden [T, H], the updated caches). attention:
     one function per layer (their windows differ). md: the attention metadata, or with
     layer_group (a hybrid KV cache, quire.core.kv_groups) one per KV group, layer i
-    reading md[layer_group[i]]."""
+    reading md[layer_group[i]] and keeping its K/V in kv_caches[layer_slot[i]] (a cache
+    shared with the same slot of other groups; default: one cache per layer)."""
     num_tokens = input_ids.shape[0]
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
     embed = params["embed"]
@@ -161,9 +163,11 @@ def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
     if cfg.embed_scale is not None:
         x = x * jnp.asarray(cfg.embed_scale, x.dtype)
     eps = cfg.rms_norm_eps
-    new_caches = []
-    for i, (layer, (k_cache, v_cache)) in enumerate(zip(params["layers"], kv_caches)):
+    caches = list(kv_caches)
+    for i, layer in enumerate(params["layers"]):
         layer_md = md[layer_group[i]] if layer_group else md
+        slot = layer_slot[i] if layer_slot else i
+        k_cache, v_cache = caches[slot]
         h = rms_norm(x, layer["input_layernorm.weight"], eps)
         qkv = linear(h, layer["qkv_proj.weight"])
         if "qkv_proj.bias" in layer:
@@ -193,8 +197,8 @@ def forward(params: Params, kv_caches: list[KVCache], input_ids: jax.Array,
         if cfg.sandwich_norms:
             mlp = rms_norm(mlp, layer["post_feedforward_layernorm.weight"], eps)
         x = x + mlp
-        new_caches.append((k_cache, v_cache))
-    return rms_norm(x, params["norm"], eps), new_caches
+        caches[slot] = (k_cache, v_cache)
+    return rms_norm(x, params["norm"], eps), caches
 
 
 def compute_logits(params: Params, hidden: jax.Array, final_soft_cap: float | None = None
