@@ -51,9 +51,12 @@ class DraftSequence:
         return len(self.all_token_ids)
 
     def sync(self, tokens: list[int]) -> None:
-        """Take the request's tokens now; K/V stays valid up to the common prefix."""
+        """Take the request's tokens now; K/V stays valid up to the common prefix, short of
+        the last token, whose logits give the next draft. (The draft may already have run
+        it: when the scheduler dropped this request's drafts for want of KV space, the
+        target's token equals the first draft the draft model computed.)"""
         old = self.all_token_ids
-        n = min(len(old), len(tokens), self.num_computed_tokens)
+        n = min(len(old), len(tokens) - 1, self.num_computed_tokens)
         if n and old[n - 1] != tokens[n - 1]:  # rare: search where they part
             n = next(i for i, (a, b) in enumerate(zip(old[:n], tokens[:n])) if a != b)
         self.num_computed_tokens = n
