@@ -154,7 +154,8 @@ def test_kv_cache_sized_from_memory_budget(llama_dir, caplog):
     llm = LLM(llama_dir, dtype="float32", block_size=16, kv_cache_memory_bytes=1 << 20)
     assert llm.engine.executor.kv_cache_bytes_per_block(16) == 8192
     assert llm.engine.kv_cache.pool.num_blocks == 128
-    assert "KV cache (float32): 128 blocks x 16 tokens" in caplog.text
+    assert "KV cache (float32): 128 blocks of 16 tokens, 2032 tokens for one sequence" \
+        in caplog.text
 
 
 def test_vllm_prompt_dicts(llm):
