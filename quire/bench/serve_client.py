@@ -17,11 +17,12 @@ from quire.bench.workload import sharegpt_like
 
 async def _one(client: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int
                ) -> tuple[float | None, list[float], int]:
-    """(TTFT, inter-token gaps, tokens) of one streamed completion."""
+    """(TTFT, inter-token gaps, tokens) of one streamed completion. Tokens: the usage the
+    server reports, else the content chunks (one token each, as llama.cpp's server sends)."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
-    ttft, last, gaps, num_tokens = None, start, [], 0
+    ttft, last, gaps, num_tokens, num_chunks = None, start, [], 0, 0
     async with client.stream("POST", "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"server answered {r.status_code}: {await r.aread()!r}")
@@ -32,20 +33,22 @@ async def _one(client: httpx.AsyncClient, model: str, prompt: list[int], max_tok
             if chunk.get("usage"):
                 num_tokens = chunk["usage"]["completion_tokens"]
                 continue
+            num_chunks += 1
             now = time.perf_counter()
             if ttft is None:
                 ttft = now - start
             else:
                 gaps.append(now - last)
             last = now
-    return ttft, gaps, num_tokens
+    return ttft, gaps, num_tokens or num_chunks
 
 
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, system: str | None = None) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=args.url, timeout=None) as client:
         info = (await client.get("/v1/models")).json()["data"][0]
-        workload = sharegpt_like(args.num_requests, info.get("vocab_size", 32000), args.min_len,
-                                 args.max_len, seed=args.seed)
+        vocab = getattr(args, "vocab_size", None) or info.get("vocab_size", 32000)
+        workload = sharegpt_like(args.num_requests, vocab, args.min_len, args.max_len,
+                                 seed=args.seed)
         rng = np.random.default_rng(args.seed)
         limit = asyncio.Semaphore(args.concurrency or args.num_requests)
 
@@ -63,10 +66,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
     ttfts = [r[0] for r in results if r[0] is not None]
     gaps = [g for r in results for g in r[1]]
-    return {"system": f"quire serve ({info['id']})", "elapsed_s": elapsed,
+    return {"system": system or f"quire serve ({info['id']})", "elapsed_s": elapsed,
             **throughput(workload, sum(r[2] for r in results), elapsed),
             **percentiles("ttft_s", ttfts), **percentiles("itl_s", gaps)}
 
 
-def run_serve(args: argparse.Namespace) -> dict[str, Any]:
-    return asyncio.run(_run(args))
+def run_serve(args: argparse.Namespace, system: str | None = None) -> dict[str, Any]:
+    """system: the row's label (default: quire serve and the served model's id)."""
+    return asyncio.run(_run(args, system))
