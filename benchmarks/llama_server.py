@@ -99,7 +99,8 @@ def main() -> None:
     rows = []
     for _ in range(args.repeats):
         port = _port()
-        rows.append(_serve([sys.executable, "-m", "quire", "serve", "--model", model,
+        quire = os.path.join(os.path.dirname(sys.executable), "quire")
+        rows.append(_serve([quire, "serve", "--model", model,
                             "--port", str(port)], port, "quire serve (cpu)", args, vocab, log))
         port = _port()
         rows.append(_serve([args.llama_server, "-m", model, "-np", str(args.parallel),
