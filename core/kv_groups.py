@@ -118,9 +118,18 @@ class HybridKVCacheManager:
         if not self.enable_prefix_caching:
             return empty, 0
         hashes = request.block_hashes[: (request.num_tokens - 1) // self.block_size]
-        cached = [[self.pool.get_cached_block(m.cache_key(h)) for h in hashes]
-                  for m in self.managers]
         n = len(hashes)
+        cached: list[list[KVBlock | None]] = []
+        for m in self.managers:  # full-attention groups first: each stops at its first miss
+            blocks: list[KVBlock | None] = []
+            for h in hashes[:n]:
+                block = self.pool.get_cached_block(m.cache_key(h))
+                if block is None and m.window is None:
+                    break
+                blocks.append(block)
+            if m.window is None:
+                n = len(blocks)
+            cached.append(blocks)
         while True:  # shrink until every group serves n blocks
             m = n
             for manager, blocks in zip(self.managers, cached):
