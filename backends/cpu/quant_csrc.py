@@ -20,6 +20,7 @@ PORTABLE = r"""
 #include <c10/util/Half.h>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -147,18 +148,59 @@ static void dispatch(int64_t bits, int64_t group, const torch::Tensor& scales, F
   return f(B8(), G16(), float());
 }
 
-// x [M, K] float32 contiguous; qweight; scales [N, K/group] and mins (or an empty tensor),
-// float16 or float32 -> y [M, N] float32. path: the most this call may use (2 AVX-512,
-// 1 AVX2, 0 portable; tests pin lower ones), capped by what the CPU has; int8_act: 8-bit
-// activations (AVX2, groups of 32 with float16 scales; faster, not exact).
-torch::Tensor quant_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
+// y [M, N] float32 in the caller's dtype: bfloat16 rounded to nearest even here (as torch
+// does), float16 through torch.
+static torch::Tensor narrowed(const torch::Tensor& y, c10::ScalarType type) {
+  if (type == torch::kFloat) return y;
+  if (type != torch::kBFloat16) return y.to(type);
+  auto out = torch::empty(y.sizes(), y.options().dtype(torch::kBFloat16));
+  const float* src = y.data_ptr<float>();
+  uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr());
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &src[i], 4);
+    dst[i] = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t(0x7fc0)
+                                              : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+  return out;
+}
+
+// x [M, K] (float32, bfloat16 or float16; a decode step's few rows); qweight; scales
+// [N, K/group] and mins (or an empty tensor), float16 or float32 -> y [M, N] in x's dtype,
+// computed in float32. path: the most this call may use (2 AVX-512, 1 AVX2, 0 portable;
+// tests pin lower ones), capped by what the CPU has; int8_act: 8-bit activations (AVX2,
+// groups of 32 with float16 scales; faster, not exact). The conversions and the per-group
+// sums of x happen here, not as separate tensor ops: a decode step makes ~4 such calls
+// per layer, so each op saved is felt.
+torch::Tensor quant_gemv(torch::Tensor x_in, torch::Tensor qweight, torch::Tensor scales,
                          torch::Tensor mins, int64_t bits, int64_t group, int64_t max_path,
                          bool int8_act) {
-  const int64_t M = x.size(0), K = x.size(1), N = scales.size(0), G = K / group;
-  auto y = torch::empty({M, N}, x.options());
-  auto xsum = x.view({M, G, group}).sum(2).contiguous();
-  const float* xp = x.data_ptr<float>();
-  const float* sp = xsum.data_ptr<float>();
+  const int64_t M = x_in.size(0), K = x_in.size(1), N = scales.size(0), G = K / group;
+  const auto in_type = x_in.scalar_type();
+  const bool is_float = in_type == torch::kFloat;
+  TORCH_CHECK(is_float || in_type == torch::kBFloat16 || in_type == torch::kHalf,
+              "quant_gemv: x must be float32, bfloat16 or float16");
+  const bool bf16 = in_type == torch::kBFloat16;
+  // float32 x as it is; bfloat16 widened here (exactly); float16 through torch.
+  const torch::Tensor x = bf16 ? x_in.contiguous()
+                               : (is_float ? x_in : x_in.to(torch::kFloat)).contiguous();
+  std::vector<float> xbuf(bf16 ? M * K : 0);
+  if (bf16) {
+    const uint16_t* xb = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    for (int64_t i = 0; i < M * K; ++i) {
+      const uint32_t u = static_cast<uint32_t>(xb[i]) << 16;
+      std::memcpy(&xbuf[i], &u, 4);
+    }
+  }
+  auto y = torch::empty({M, N}, x.options().dtype(torch::kFloat));
+  std::vector<float> xsum(M * G);
+  const float* xp = bf16 ? xbuf.data() : x.data_ptr<float>();
+  for (int64_t i = 0; i < M * G; ++i) {
+    float acc = 0.f;
+    for (int64_t j = 0; j < group; ++j) acc += xp[i * group + j];
+    xsum[i] = acc;
+  }
+  const float* sp = xsum.data();
   float* yp = y.data_ptr<float>();
   const uint8_t* qp = reinterpret_cast<const uint8_t*>(qweight.data_ptr());
   static const int best = best_path();
@@ -175,7 +217,7 @@ torch::Tensor quant_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor s
       if (bits == 4) gemv_rows_i8<4>(xq.data(), xd.data(), sp, qp, sc, mn, yp, M, N, K, n0, n1);
       else gemv_rows_i8<8>(xq.data(), xd.data(), sp, qp, sc, mn, yp, M, N, K, n0, n1);
     });
-    return y;
+    return narrowed(y, in_type);
   }
 #endif
   dispatch(bits, group, scales, [&](auto b, auto gs, auto s) {
@@ -187,7 +229,7 @@ torch::Tensor quant_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor s
                                                         n0, n1);
     });
   });
-  return y;
+  return narrowed(y, in_type);
 }
 
 torch::Tensor quant_dequantize(torch::Tensor qweight, torch::Tensor scales, torch::Tensor mins,

@@ -35,7 +35,7 @@ def _sources() -> list[str]:
 
 
 # No -march=native: the AVX2 functions carry target attributes and are chosen at run time.
-_KERNEL = LazyExtension("quire_cpu_quant_v10", _sources,
+_KERNEL = LazyExtension("quire_cpu_quant_v11", _sources,
                         ["quant_gemv", "quant_dequantize", "quant_isa"],
                         "native quantized-matmul kernel (packed weights get dequantized at "
                         "load)", march_native=False)
@@ -66,13 +66,10 @@ class CpuQuantKernel:
         self.int8_activations = int8_activations
 
     def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
-        xf = x.float().contiguous()
-        if x.shape[0] <= FUSED_ROWS:
-            y = _load().quant_gemv(xf, layer.qweight, layer.scales, layer.mins, layer.bits,
-                                   layer.group_size, self.max_path, self.int8_activations)
-        else:
-            y = F.linear(xf, self.dequantize(layer))
-        return y.to(x.dtype)
+        if x.shape[0] <= FUSED_ROWS:  # (the kernel converts x and y itself)
+            return _load().quant_gemv(x, layer.qweight, layer.scales, layer.mins, layer.bits,
+                                      layer.group_size, self.max_path, self.int8_activations)
+        return F.linear(x.float(), self.dequantize(layer)).to(x.dtype)
 
     def dequantize(self, layer: QuantLinear) -> torch.Tensor:
         return _load().quant_dequantize(layer.qweight, layer.scales, layer.mins, layer.bits,
