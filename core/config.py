@@ -26,7 +26,8 @@ class EngineConfig:
     block_size: tokens per KV block; None takes 16 when the backend declares it
         (Capabilities.block_sizes), else the backend's first declared size.
     num_blocks: KV blocks to allocate (block 0 is the null block); None sizes the cache from
-        kv_cache_memory_bytes.
+        kv_cache_memory_bytes. (A hybrid cache, quire.core.kv_groups, takes it as the memory
+        of that many whole-model blocks and allocates it as pages of a few layers.)
     max_model_len: longest sequence (prompt + output); None takes the model's limit.
     max_num_batched_tokens: the token budget of one step; None picks a default.
     quantization: weight quantization method. None: what the checkpoint says, where the
