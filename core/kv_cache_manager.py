@@ -94,6 +94,11 @@ class KVCacheManager:
                 > self.pool.num_free_blocks):
             self.forget_if_empty(request.request_id)
             return None
+        return self.take_slots(request, num_new_tokens, new_computed_blocks)
+
+    def take_slots(self, request: Request, num_new_tokens: int,
+                   new_computed_blocks: list[KVBlock]) -> list[KVBlock]:
+        """allocate_slots once num_blocks_needed has been checked against the pool."""
         blocks = self.req_to_blocks[request.request_id]
         block_ids = self.req_to_block_ids[request.request_id]
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size

@@ -21,6 +21,7 @@ and the page count, and layer l reads the block table and slot mapping of its gr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,7 +55,10 @@ def plan_kv_groups(layer_windows: Sequence[int | None]) -> tuple[KVCacheGroup, .
 
 
 def layer_slots(groups: Sequence[KVCacheGroup], num_layers: int) -> tuple[list[int], list[int]]:
-    """(group of each layer, its slot in a page); all zeros without groups."""
+    """(group of each layer, its slot in a page); without groups, every layer in group 0
+    with a cache (slot) of its own."""
+    if not groups:
+        return [0] * num_layers, list(range(num_layers))
     group, slot = [0] * num_layers, [0] * num_layers
     for g, kv_group in enumerate(groups):
         for s, layer in enumerate(kv_group.layers):
@@ -168,9 +172,7 @@ class HybridKVCacheManager:
             for m in self.managers:
                 m.forget_if_empty(request.request_id)
             return None
-        new = [m.allocate_slots(request, num_new_tokens, h) for m, h in zip(self.managers, hits)]
-        assert all(b is not None for b in new)
-        return new  # type: ignore[return-value]
+        return [m.take_slots(request, num_new_tokens, h) for m, h in zip(self.managers, hits)]
 
     def free(self, request: Request) -> None:
         for m in self.managers:
@@ -180,13 +182,7 @@ class HybridKVCacheManager:
         return self.managers[group].get_block_ids(request_id)
 
     def stats(self) -> KVCacheStats:
-        """The pool's pages (every group's blocks)."""
-        free = self.pool.num_free_blocks
-        return KVCacheStats(
-            num_blocks=self.pool.num_usable_blocks,
-            num_used_blocks=self.pool.num_usable_blocks - free,
-            num_free_blocks=free,
-            usage=self.pool.usage(),
-            prefix_cache_queries=self.prefix_cache_queries,
-            prefix_cache_hits=self.prefix_cache_hits,
-        )
+        """The shared pool's pages (every group's blocks), and this manager's lookups."""
+        return dataclasses.replace(self.managers[0].stats(),
+                                   prefix_cache_queries=self.prefix_cache_queries,
+                                   prefix_cache_hits=self.prefix_cache_hits)

@@ -160,8 +160,6 @@ class TorchExecutor(Executor):
         if self.attention_cls.kv_quant is not None:  # 8-bit rows: values, then a scale
             row, dtype = kv_quant.row_bytes(self.info.head_size), torch.uint8
         self.layer_group, slot = layer_slots(kv_groups, self.info.num_layers)
-        if not kv_groups:
-            slot = list(range(self.info.num_layers))
         shape = self.attention_cls.kv_cache_shape(num_blocks, block_size,
                                                   self.info.num_kv_heads, row)
         tensors = [torch.zeros(shape, dtype=dtype, device=self.device)

@@ -126,8 +126,6 @@ class TpuExecutor(Executor):
         layer attends through its group's metadata."""
         assert self.info is not None and self.cfg is not None, "load_model first"
         layer_group, layer_slot = layer_slots(kv_groups, self.info.num_layers)
-        if not kv_groups:
-            layer_slot = list(range(self.info.num_layers))
         shape = (self.info.num_kv_heads, num_blocks, block_size, self.info.head_size)
         dtype = JAX_DTYPES[self.info.dtype]
         self.kv_caches = [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
