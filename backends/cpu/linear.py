@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 EXACT_ROWS = 64
 ROW_BUCKET = 16
+LONG_ROWS, LONG_BUCKET = 512, 64  # past LONG_ROWS, padded to multiples of LONG_BUCKET
+PAD_RULE = [EXACT_ROWS, ROW_BUCKET, LONG_ROWS, LONG_BUCKET]  # for the native MoE (moe_csrc.py)
 
 
 def padded_rows(rows: int) -> int:
@@ -35,7 +37,7 @@ def padded_rows(rows: int) -> int:
     512 rows)."""
     if rows <= EXACT_ROWS:
         return rows
-    step = ROW_BUCKET if rows <= 512 else 64
+    step = ROW_BUCKET if rows <= LONG_ROWS else LONG_BUCKET
     return cdiv(rows, step) * step
 
 

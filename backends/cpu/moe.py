@@ -1,7 +1,9 @@
 """The cpu backend's experts: each expert's two projections held in oneDNN's packed layout
 (backends/cpu/linear.py), which small per-expert row counts (decode: a few tokens per
-expert) run 1.3-1.7x faster than F.linear in bf16 on the dev box, and the activation in the
-native one-pass kernel. Swapped in after loading when oneDNN runs the model's dtype."""
+expert) run 1.3-1.7x faster than F.linear in bf16 on the dev box. With the native kernels
+built, a SiLU layer runs routing, grouping and every expert in one C++ call (moe_csrc.py);
+otherwise the torch path groups the tokens and runs the packed layers. Swapped in after
+loading when oneDNN runs the model's dtype."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from quire.backends.cpu import native
-from quire.backends.cpu.linear import PackedLinear, onednn_available
+from quire.backends.cpu.linear import PAD_RULE, PackedLinear, onednn_available
 from quire.backends.torch.models.moe import ExpertLinears, MoEExperts
 from quire.backends.torch.swap import replace_modules
 
@@ -25,6 +27,14 @@ class CpuMoEExperts(ExpertLinears):
     def packed_from(cls, module: MoEExperts) -> ExpertLinears:
         return cls.from_linears(module, [_packed(w.detach()) for w in module.w13],
                                 [_packed(w.detach()) for w in module.w2])
+
+    def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
+        if self.act == "silu" and native.available():
+            return native.module().moe_experts(
+                x.contiguous(), router_logits, self.top_k, self.renormalize,
+                [m.packed for m in self.up], [m.packed for m in self.down],
+                PAD_RULE)
+        return super().forward(x, router_logits)
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
         if self.act == "silu" and native.available():  # one pass

@@ -4,7 +4,8 @@ torch.utils.cpp_extension (gcc, OpenMP):
 - paged_decode: decode attention reading K/V in place through the block table, with an
   online softmax per block, instead of copying every row's pages into a contiguous buffer
   first (that copy was about a quarter of an fp32 step: benchmarks/RESULTS.md);
-- rms_norm, silu_mul, rope_inplace: elementwise layers in one pass each (fused.py).
+- rms_norm, silu_mul, rope_inplace: elementwise layers in one pass each (fused.py);
+- moe_experts: a MoE layer's routing and experts in one call (moe_csrc.py, moe.py).
 
 QUIRE_CPU_NATIVE=0 disables them; when they cannot be built here, the torch paths are used.
 
@@ -55,13 +56,14 @@ class LazyExtension:
 
 
 def _sources() -> list[str]:
-    from quire.backends.cpu import csrc
+    from quire.backends.cpu import csrc, moe_csrc
 
-    return [csrc.COMMON + csrc.DECODE + csrc.FUSED]
+    return [csrc.COMMON + csrc.DECODE + csrc.FUSED + moe_csrc.MOE]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v4", _sources,
-                         ["paged_decode", "rms_norm", "silu_mul", "rope_inplace"],
+_KERNELS = LazyExtension("quire_cpu_kernels_v5", _sources,
+                         ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
+                          "moe_experts"],
                          "native CPU kernels (using the torch paths)")
 _load = _KERNELS.get
 
