@@ -13,6 +13,9 @@ COMMON = r"""
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 // exp(x), x clamped to [-87, 88]: 2^(x log2 e) split into 2^n * 2^f with |f| <= 1/2, 2^f by
 // its degree-7 Taylor polynomial (relative error ~1e-8), 2^n through the exponent bits.
@@ -229,6 +232,58 @@ torch::Tensor silu_mul(torch::Tensor x) {
         }
       }
     });
+  });
+  return out;
+}
+
+// The first index of a row's maximum (a NaN, if any, counts as the maximum, as in
+// torch.argmax): one max pass, then a scan for its first index; 16 lanes at a time where the
+// build has AVX-512 (-march=native), else a plain loop.
+static int64_t argmax_row(const float* x, int64_t n) {
+  int64_t i = 0;
+  float mx = -INFINITY;
+  bool nan = false;
+#ifdef __AVX512F__
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  __mmask16 unordered = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    vmax = _mm512_max_ps(vmax, v);
+  }
+  mx = _mm512_reduce_max_ps(vmax);
+  nan = unordered != 0;
+#endif
+  for (; i < n; ++i) {
+    mx = x[i] > mx ? x[i] : mx;
+    nan |= x[i] != x[i];
+  }
+  i = 0;
+#ifdef __AVX512F__
+  const __m512 target = _mm512_set1_ps(mx);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 hit = nan ? _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)
+                              : _mm512_cmp_ps_mask(v, target, _CMP_EQ_OQ);
+    if (hit) return i + __builtin_ctz(hit);
+  }
+#endif
+  for (; i < n; ++i)
+    if (nan ? x[i] != x[i] : x[i] == mx) return i;
+  return 0;
+}
+
+// x [S, V] fp32 rows -> [S] int64 argmax per row.
+torch::Tensor argmax_rows(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == torch::kFloat,
+              "argmax_rows: fp32 [S, V] with contiguous rows");
+  const int64_t rows = x.size(0), n = x.size(1), sx = x.stride(0);
+  auto out = torch::empty({rows}, x.options().dtype(torch::kLong));
+  const float* xp = x.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(n, 1)),
+                   [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) op[r] = argmax_row(xp + r * sx, n);
   });
   return out;
 }

@@ -3,19 +3,25 @@ linears and fused elementwise kernels swapped into the model after loading."""
 
 from __future__ import annotations
 
-from quire.backends.cpu import quant_native
+from quire.backends.cpu import native, quant_native
 from quire.backends.cpu.attention import CpuAttention
 from quire.backends.cpu.fused import fuse_elementwise
 from quire.backends.cpu.linear import pack_linears
 from quire.backends.cpu.moe import pack_experts
 from quire.backends.cpu.quant_native import CpuQuantKernel
 from quire.backends.torch.executor import TorchExecutor
+from quire.backends.torch.sampler import Sampler
+from quire.core.config import EngineConfig
 from quire.core.executor import Capabilities, ModelInfo
 from quire.core.sizing import KV_QUANT_DTYPES
 
 
 class CpuExecutor(TorchExecutor):
     attention_cls = CpuAttention
+
+    def __init__(self, config: EngineConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.sampler = Sampler(config.seed, argmax=native.argmax)  # the native kernel
 
     @property
     def quant_kernel(self) -> CpuQuantKernel | None:  # type: ignore[override]

@@ -7,6 +7,7 @@ with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +26,16 @@ class SamplerOutput:
     top_logprobs: torch.Tensor | None = None  # [S, k]
 
 
+def _torch_argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=-1)
+
+
 class Sampler:
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0,
+                 argmax: Callable[[torch.Tensor], torch.Tensor] = _torch_argmax) -> None:
+        """argmax: [S, V] -> [S] int64 with torch.argmax's answer (a backend's faster one)."""
         self.generator = torch.Generator().manual_seed(seed)
+        self.argmax = argmax
 
     def __call__(self, logits: torch.Tensor, sb: SamplingBatch) -> SamplerOutput:
         """logits [S, V] float32 (raw model output; logprobs are taken from these)."""
@@ -42,7 +50,7 @@ class Sampler:
             rows = torch.from_numpy(sb.suppress_rows)
             logits[rows, torch.from_numpy(sb.suppress_token_ids)] = _MASK
         if sb.all_greedy:
-            token_ids = logits.argmax(dim=-1)
+            token_ids = self.argmax(logits)
         else:
             token_ids = self._sample(logits, sb)
         out = SamplerOutput(token_ids)
@@ -53,7 +61,7 @@ class Sampler:
         return out
 
     def _sample(self, logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
-        greedy_ids = logits.argmax(dim=-1)
+        greedy_ids = self.argmax(logits)
         temperature = torch.from_numpy(sb.temperature)
         is_greedy = temperature < 1e-5
         logits = logits / torch.where(is_greedy, 1.0, temperature).unsqueeze(1)
@@ -64,7 +72,7 @@ class Sampler:
             probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
         noise = self._exponential_noise(probs.shape, sb)
         # Gumbel-max in its exponential form: argmax(p / E) samples from p.
-        sampled = (probs / noise).argmax(dim=-1)
+        sampled = self.argmax(probs / noise)
         return torch.where(is_greedy, greedy_ids, sampled)
 
     def _exponential_noise(self, shape: torch.Size, sb: SamplingBatch) -> torch.Tensor:

@@ -70,3 +70,20 @@ def test_fuse_elementwise_swaps_modules(llama_dir):
     assert isinstance(layer.act, NativeSiluAndMul)
     assert isinstance(layer.rotary, NativeApplyRotary)
     assert fuse_elementwise(layer) == 0  # already fused: nothing left to swap
+
+
+def test_argmax_rows_matches_torch():
+    """The greedy sampler's native argmax: first maximum on ties, NaN as the maximum, rows of
+    -inf, widths off the vector size, strided rows, bf16 through the torch fallback."""
+    g = torch.Generator().manual_seed(0)
+    for width in (1, 15, 16, 33, 32000):
+        x = torch.randn(9, width, generator=g)
+        x[1] = -float("inf")
+        x[2, width // 2:] = x[2].max() + 1  # ties: the first one wins
+        x[3, width - 1] = float("nan")
+        x[4, 0] = float("nan")
+        assert torch.equal(native.argmax(x), x.argmax(dim=-1)), width
+    wide = torch.randn(5, 100, generator=g)
+    assert torch.equal(native.argmax(wide[:, 10:90]), wide[:, 10:90].argmax(dim=-1))
+    half = torch.randn(3, 50, generator=g).to(torch.bfloat16)
+    assert torch.equal(native.argmax(half), half.argmax(dim=-1))
