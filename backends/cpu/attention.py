@@ -1,8 +1,9 @@
 """CPU attention: plain torch over a [2, N, S, Hkv, D] per-layer cache.
 
 Decode rows (one query each) run in the native C++ kernel (backends/cpu/native.py), which
-reads pages in place; where it can't be built, through SDPA in groups of similar length;
-rows with several queries (prefill, chunked prefill) run one by one through SDPA. What
+reads pages in place, and so do requests with a few queries (speculative verification), one
+kernel row per query; where it can't be built, decode rows go through SDPA in groups of
+similar length. Longer query runs (prefill, chunked prefill) run one by one through SDPA. What
 depends only on the batch (row groups, block ids, masks) is planned once per step and shared
 by every layer through AttentionMetadata.plan_cache.
 """
@@ -22,6 +23,10 @@ from quire.backends.torch.kv_quant import KV_QUANT_DTYPES
 from quire.backends.torch.workspace import Workspace
 from quire.core.sizing import cdiv
 from quire.testing.reference import attend
+
+# Requests with up to this many queries run as decode rows in the native kernel (which reads
+# each row's pages once per query, so longer chunks go to SDPA).
+NATIVE_MAX_QUERIES = 8
 
 
 @dataclass(slots=True)
@@ -163,17 +168,25 @@ class CpuAttention(AttentionImpl):
 def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | None) -> _Plan:
     qsl, seq_lens, num_reqs = md.query_start_loc_host, md.seq_lens_host, md.num_reqs
     query_lens = qsl[1 : num_reqs + 1] - qsl[:num_reqs]
-    decode = (query_lens == 1).nonzero()[0]
+    use_native = native.available()
+    # With the native kernel, a request with a few queries (speculative verification, a short
+    # chunk) runs as that many decode rows over its own block table, each seeing the keys up
+    # to its position: no gather of its pages, no mask.
+    short = query_lens <= (NATIVE_MAX_QUERIES if use_native else 1)
+    decode = short.nonzero()[0]
     decode_rows = None
     if len(decode):
+        counts = query_lens[decode]
+        req = np.repeat(decode, counts)  # each row's request, in token order
+        offset = np.arange(len(req)) - np.repeat(np.cumsum(counts) - counts, counts)
         decode_rows = _DecodeRows(
-            token_idx=torch.from_numpy(qsl[decode]).long(),
-            block_tables=md.block_tables[torch.from_numpy(decode)].contiguous(),
-            seq_lens=torch.from_numpy(seq_lens[decode].astype(np.int32)),
+            token_idx=torch.from_numpy(qsl[req] + offset).long(),
+            block_tables=md.block_tables[torch.from_numpy(req)].contiguous(),
+            seq_lens=torch.from_numpy(
+                (seq_lens[req] - np.repeat(counts, counts) + 1 + offset).astype(np.int32)),
         )
-    use_native = native.available()
     groups = []
-    for rows in [] if use_native else _length_groups(decode, seq_lens):
+    for rows in [] if use_native else _length_groups(decode, seq_lens):  # one query each
         lens = torch.from_numpy(seq_lens[rows]).long()  # [R']
         num_blocks = cdiv(int(lens.max()), block_size)
         k_pos = torch.arange(num_blocks * block_size).unsqueeze(0)
@@ -186,7 +199,7 @@ def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | Non
             visible=visible,
         ))
     prefills = []
-    for i in (query_lens > 1).nonzero()[0].tolist():
+    for i in (~short).nonzero()[0].tolist():
         start, end, seq_len = int(qsl[i]), int(qsl[i + 1]), int(seq_lens[i])
         q_pos = torch.arange(seq_len - (end - start), seq_len).unsqueeze(1)
         k_pos = torch.arange(seq_len).unsqueeze(0)

@@ -58,6 +58,8 @@ GRID = [
     ([7, 1, 9], [1, 1, 1], 4, 2, 32, 4),  # pure decode, GQA
     ([12, 6, 3], [4, 1, 3], 8, 2, 16, 8),  # chunked prefill + decode + prefill
     ([33, 17], [1, 17], 6, 1, 64, 16),  # MQA
+    # verification rows (a few queries: native decode rows) beside a longer chunk (SDPA)
+    ([20, 9, 30, 11], [7, 1, 9, 8], 4, 2, 16, 4),
 ]
 
 
