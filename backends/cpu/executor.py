@@ -6,7 +6,7 @@ from __future__ import annotations
 from quire.backends.cpu import native, quant_native
 from quire.backends.cpu.attention import CpuAttention
 from quire.backends.cpu.fused import fuse_elementwise
-from quire.backends.cpu.linear import pack_linears
+from quire.backends.cpu.linear import pack_head, pack_linears
 from quire.backends.cpu.moe import pack_experts
 from quire.backends.cpu.quant_native import CpuQuantKernel
 from quire.backends.torch.executor import TorchExecutor
@@ -42,6 +42,7 @@ class CpuExecutor(TorchExecutor):
     def load_model(self, model_path: str, dtype: str) -> ModelInfo:
         info = super().load_model(model_path, dtype)
         assert self.model is not None
+        pack_head(self.model)  # the head, with an fp32 copy where that runs faster
         pack_linears(self.model)  # oneDNN-packed weights: see backends/cpu/linear.py
         pack_experts(self.model)  # the same for each expert: moe.py
         fuse_elementwise(self.model)  # one-pass norms, activation, rope: fused.py

@@ -89,3 +89,72 @@ def pack_linears(model: nn.Module) -> int:
         return None
 
     return replace_modules(model, convert)
+
+
+# The output head may also hold an fp32 copy, run from FP32_ROWS rows up: on the dev box
+# oneDNN's fp32 GEMM beats its bf16 one on the 512 x 32000 head at >= 32 rows (64 rows: 8.6
+# vs 11.4 ms; benchmarks/MODELS.md) while bf16 wins below. Whether it does is measured on
+# this CPU at load (an AMX machine's bf16 path would win), and only a copy of at most
+# FP32_COPY_MAX_BYTES is made.
+FP32_ROWS = 32
+FP32_COPY_MAX_BYTES = 256 << 20
+
+
+def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _faster_in_fp32(packed: torch.Tensor, packed32: torch.Tensor, in_features: int,
+                    dtype: torch.dtype) -> bool:
+    """Min of 3 interleaved calls at 2 * FP32_ROWS rows, each path."""
+    import time
+
+    x = torch.randn(2 * FP32_ROWS, in_features)
+    xl = x.to(dtype)
+    best = {False: float("inf"), True: float("inf")}
+    with torch.no_grad():
+        for _ in range(4):  # the first round warms both primitives up
+            for fp32 in (False, True):
+                start = time.perf_counter()
+                _linear(x, packed32, None) if fp32 else _linear(xl, packed, None)
+                best[fp32] = min(best[fp32], time.perf_counter() - start)
+    return best[True] < best[False]
+
+
+class PackedHead(PackedLinear):
+    """The output head: PackedLinear, plus an fp32 copy for FP32_ROWS rows and more where
+    that measured faster here. Returns x's dtype either way."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
+        self.packed32 = None
+        weight = linear.weight.detach()
+        if weight.dtype != torch.float32 and weight.numel() * 4 <= FP32_COPY_MAX_BYTES:
+            with torch.no_grad():
+                packed32 = torch.ops.mkldnn._reorder_linear_weight(weight.float(), None)
+            if _faster_in_fp32(self.packed, packed32, self.in_features, weight.dtype):
+                self.packed32 = packed32
+                self.bias32 = None if self.bias is None else self.bias.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed32 is None or x.shape[0] < FP32_ROWS:
+            return super().forward(x)
+        rows = x.shape[0]
+        padded = padded_rows(rows)
+        x32 = x.float()
+        if padded != rows:
+            x32 = torch.cat([x32, x32.new_zeros(padded - rows, x.shape[1])])
+        return _linear(x32, self.packed32, self.bias32)[:rows].to(x.dtype)
+
+
+def pack_head(model: nn.Module) -> bool:
+    """Swap the model's output head (model.lm_head, or the linear a tensor-parallel wrapper
+    holds as .inner) for a PackedHead; False where there is none or oneDNN can't run it."""
+    owner, name = model, "lm_head"
+    head = getattr(model, "lm_head", None)
+    if head is not None and not isinstance(head, nn.Linear):
+        owner, name, head = head, "inner", getattr(head, "inner", None)
+    if not isinstance(head, nn.Linear) or not onednn_available(head.weight.dtype):
+        return False
+    setattr(owner, name, PackedHead(head))
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quire.backends.cpu.linear import PackedLinear, onednn_available, pack_linears
@@ -53,3 +54,41 @@ def test_row_buckets_bound_the_shapes():
     assert [padded_rows(n) for n in (1, 37, 64)] == [1, 37, 64]
     assert [padded_rows(n) for n in (65, 80, 81, 512, 513, 2048)] == [80, 80, 96, 512, 576, 2048]
     assert len({padded_rows(n) for n in range(1, 2049)}) == 64 + 28 + 24
+
+
+@pytest.mark.parametrize("rows", [1, 31, 32, 64, 70])
+def test_packed_head_fp32_copy_matches_linear(rows, monkeypatch):
+    """The output head's fp32 copy (taken from FP32_ROWS rows up where it measured faster;
+    forced here) gives F.linear's answer in x's dtype, padded row counts included."""
+    from quire.backends.cpu import linear as linear_mod
+
+    if not onednn_available(torch.bfloat16):
+        pytest.skip("oneDNN bf16 unavailable here")
+    monkeypatch.setattr(linear_mod, "_faster_in_fp32", lambda *args: True)
+    torch.manual_seed(rows)
+    lin = nn.Linear(64, 300).to(torch.bfloat16)
+    head = linear_mod.PackedHead(lin)
+    assert head.packed32 is not None
+    x = torch.randn(rows, 64).to(torch.bfloat16)
+    out = head(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 300)
+    want = F.linear(x.float(), lin.weight.float(), lin.bias.float())
+    torch.testing.assert_close(out.float(), want, atol=3e-2, rtol=1e-2)
+
+
+def test_pack_head_finds_the_head_behind_a_wrapper():
+    from quire.backends.cpu.linear import PackedHead, pack_head
+
+    if not onednn_available(torch.float32):
+        pytest.skip("oneDNN unavailable here")
+
+    class Wrapper(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+    model = nn.Module()
+    model.lm_head = Wrapper(nn.Linear(16, 40))
+    assert pack_head(model) and isinstance(model.lm_head.inner, PackedHead)
+    assert model.lm_head.inner.packed32 is None  # fp32 weights: no copy
+    assert not pack_head(nn.Module())
