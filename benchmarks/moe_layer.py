@@ -8,24 +8,14 @@ linears), and the expert linears alone, interleaved in one process, medians of 7
 
 from __future__ import annotations
 
-import platform
 import time
 
 import numpy as np
 import torch
+from quant_kernels import cpu_name  # this folder (run as a script)
 
 from quire.backends.cpu.moe import CpuMoEExperts
 from quire.backends.torch.models.moe import ExpertLinears, MoEExperts, route
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time(fn, reps: int = 30) -> float:
@@ -65,7 +55,7 @@ def main() -> None:
         ref.w13.normal_(0, 0.02)
         ref.w2.normal_(0, 0.02)
     layer = CpuMoEExperts.packed_from(ref.to(torch.bfloat16))
-    print(f"CPU: {_cpu()}; threads {torch.get_num_threads()}; ms per layer call")
+    print(f"CPU: {cpu_name()}; threads {torch.get_num_threads()}; ms per layer call")
     for tokens in (1, 8, 32, 64):
         medians = _compare(layer, tokens)
         print(f"{tokens:3d} tokens: " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()))

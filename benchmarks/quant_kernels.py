@@ -19,7 +19,8 @@ import torch
 SHAPES = [("Q4_1", 960, 576), ("Q4_1", 3072, 576), ("Q4_1", 576, 1536), ("Q8_0", 49152, 576)]
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (also used by moe_layer.py)."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -41,7 +42,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    print(f"CPU: {_cpu()}; best path: {quant_native.isa()}; threads {torch.get_num_threads()}")
+    print(f"CPU: {cpu_name()}; best path: {quant_native.isa()}; threads {torch.get_num_threads()}")
     paths = [isa for isa in ("avx512", "avx2", "portable")
              if isa == "portable" or quant_native.isa() in ("avx512", isa)]
     for fmt, n, k in SHAPES:

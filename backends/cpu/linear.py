@@ -41,6 +41,10 @@ def padded_rows(rows: int) -> int:
     return cdiv(rows, step) * step
 
 
+def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 class PackedLinear(nn.Module):
     """y = x W^T + b with W held in oneDNN's packed layout. x: [T, in] -> [T, out]."""
 
@@ -52,11 +56,17 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply_packed(x, self.packed, self.bias)
+
+    @staticmethod
+    def _apply_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """x [T, in] through a packed weight, rows padded as padded_rows says."""
         rows = x.shape[0]
         padded = padded_rows(rows)
         if padded != rows:
             x = torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])
-        out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        out = _linear(x, packed, bias)
         return out if padded == rows else out[:rows]
 
     def extra_repr(self) -> str:
@@ -100,10 +110,6 @@ FP32_ROWS = 32
 FP32_COPY_MAX_BYTES = 256 << 20
 
 
-def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
 def _faster_in_fp32(packed: torch.Tensor, packed32: torch.Tensor, in_features: int,
                     dtype: torch.dtype) -> bool:
     """Min of 3 interleaved calls at 2 * FP32_ROWS rows, each path."""
@@ -139,12 +145,7 @@ class PackedHead(PackedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed32 is None or x.shape[0] < FP32_ROWS:
             return super().forward(x)
-        rows = x.shape[0]
-        padded = padded_rows(rows)
-        x32 = x.float()
-        if padded != rows:
-            x32 = torch.cat([x32, x32.new_zeros(padded - rows, x.shape[1])])
-        return _linear(x32, self.packed32, self.bias32)[:rows].to(x.dtype)
+        return self._apply_packed(x.float(), self.packed32, self.bias32).to(x.dtype)
 
 
 def pack_head(model: nn.Module) -> bool:
