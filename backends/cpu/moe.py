@@ -1,11 +1,15 @@
 """The cpu backend's experts: each expert's two projections held in oneDNN's packed layout
 (backends/cpu/linear.py), which small per-expert row counts (decode: a few tokens per
-expert) run 1.3-1.7x faster than F.linear in bf16 on the dev box. With the native kernels
-built, a SiLU layer runs routing, grouping and every expert in one C++ call (moe_csrc.py);
-otherwise the torch path groups the tokens and runs the packed layers. Swapped in after
-loading when oneDNN runs the model's dtype."""
+expert) run 1.3-1.7x faster than F.linear in bf16 on the dev box; or, for bf16 SiLU experts
+where the native build has AVX-512 BF16, in the layout of quire's own GEMM (gemm_csrc.py,
+faster again at those row counts). With the native kernels built, a SiLU layer runs routing,
+grouping and every expert in one C++ call (moe_csrc.py); otherwise the torch path groups the
+tokens and runs the packed layers. Swapped in after loading when oneDNN runs the model's
+dtype. QUIRE_CPU_BF16_GEMM=0 keeps oneDNN's layout (for A/B runs)."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
@@ -22,21 +26,50 @@ def _packed(weight: torch.Tensor) -> PackedLinear:
     return PackedLinear(linear)
 
 
+class VnniLinear(nn.Module):
+    """A bf16 projection packed for quire's AVX-512 BF16 GEMM (gemm_csrc.py). gated: the
+    weight is gate | up and the layer returns silu(gate) * up."""
+
+    def __init__(self, weight: torch.Tensor, gated: bool) -> None:
+        super().__init__()
+        self.out_features = weight.shape[0] // (2 if gated else 1)
+        self.gated = gated
+        self.packed = native.module().vnni_pack(weight.contiguous(), gated)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = native.module().vnni_linear(x.reshape(-1, x.shape[-1]).contiguous(), self.packed,
+                                          self.gated)
+        return out[:, :self.out_features].reshape(*x.shape[:-1], self.out_features)
+
+
+def vnni_available(dtype: torch.dtype) -> bool:
+    return (dtype == torch.bfloat16 and os.environ.get("QUIRE_CPU_BF16_GEMM", "1") != "0"
+            and native.available() and native.module().bf16_gemm_supported())
+
+
 class CpuMoEExperts(ExpertLinears):
     @classmethod
     def packed_from(cls, module: MoEExperts) -> ExpertLinears:
-        return cls.from_linears(module, [_packed(w.detach()) for w in module.w13],
-                                [_packed(w.detach()) for w in module.w2])
+        if module.act == "silu" and vnni_available(module.w13.dtype):
+            new = cls.from_linears(module, [VnniLinear(w.detach(), True) for w in module.w13],
+                                   [VnniLinear(w.detach(), False) for w in module.w2])
+        else:
+            new = cls.from_linears(module, [_packed(w.detach()) for w in module.w13],
+                                   [_packed(w.detach()) for w in module.w2])
+        new.vnni = isinstance(new.up[0], VnniLinear)
+        return new
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         if self.act == "silu" and native.available():
             return native.module().moe_experts(
                 x.contiguous(), router_logits, self.top_k, self.renormalize,
                 [m.packed for m in self.up], [m.packed for m in self.down],
-                PAD_RULE)
+                PAD_RULE, self.vnni)
         return super().forward(x, router_logits)
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
+        if self.vnni:  # the gated up projection has applied it
+            return h
         if self.act == "silu" and native.available():  # one pass
             return native.module().silu_mul(h)
         return super().activate(h)

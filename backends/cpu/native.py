@@ -57,14 +57,15 @@ class LazyExtension:
 
 
 def _sources() -> list[str]:
-    from quire.backends.cpu import csrc, moe_csrc
+    from quire.backends.cpu import csrc, gemm_csrc, moe_csrc
 
-    return [csrc.COMMON + csrc.DECODE + csrc.FUSED + moe_csrc.MOE]
+    return [csrc.COMMON + csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v6", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v7", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
-                          "moe_experts", "argmax_rows"],
+                          "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
+                          "vnni_linear"],
                          "native CPU kernels (using the torch paths)")
 _load = _KERNELS.get
 

@@ -1,0 +1,69 @@
+"""The cpu backend's AVX-512 BF16 GEMM for MoE experts (backends/cpu/gemm_csrc.py) against
+its fp32 reference on the same bf16 values, and the MoE layer on it against the oneDNN
+layout."""
+
+import pytest
+import torch
+
+from quire.backends.cpu import native
+
+
+def _module():
+    if not (native.available() and native.module().bf16_gemm_supported()):
+        pytest.skip("this CPU (or build) has no AVX-512 BF16: the experts stay oneDNN's")
+    return native.module()
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 32, 40), (5, 33, 64), (12, 64, 96), (13, 130, 34),
+                                      (30, 512, 200), (70, 96, 32)])
+@pytest.mark.parametrize("gated", [False, True])
+def test_vnni_linear_matches_fp32_reference(rows, k, n, gated):
+    """Row counts across the 12-row tile (1, 12, 13, 30, 70), K odd and even, N off the
+    32-column panels; gated: silu(gate) * up rounded as silu_mul rounds it."""
+    m = _module()
+    g = torch.Generator().manual_seed(rows * 1000 + k)
+    x = torch.randn(rows, k, generator=g).bfloat16()
+    w = (torch.randn(n, k, generator=g) / k ** 0.5).bfloat16()
+    got = m.vnni_linear(x, m.vnni_pack(w, gated), gated).float()
+    full = x.float() @ w.float().T
+    if gated:
+        h = full.bfloat16().float()
+        want = torch.nn.functional.silu(h[:, :n // 2]).bfloat16().float() * h[:, n // 2:]
+        got = got[:, :n // 2]
+        assert got.shape == want.shape
+    else:
+        want, got = full, got[:, :n]
+    # fp32 accumulation in another order, then one bf16 rounding (two for gated).
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=1.6e-2)
+    packed = m.vnni_pack(w, gated)
+    assert packed.shape == ((n // 2 + 15) // 16 if gated else (n + 31) // 32, (k + 1) // 2, 64)
+
+
+def test_vnni_experts_torch_path_and_native_layer_agree(monkeypatch):
+    """With the vnni layout, the one-call native layer and the torch path over the same
+    VnniLinear modules give the same answer, and both match the oneDNN layout's."""
+    _module()
+    from quire.backends.cpu.moe import CpuMoEExperts, VnniLinear
+    from quire.backends.torch.models.moe import MoEExperts
+
+    g = torch.Generator().manual_seed(7)
+    ref = MoEExperts(5, 48, 40, 2, True, "silu")
+    with torch.no_grad():
+        ref.w13.copy_(torch.randn(ref.w13.shape, generator=g) / 4)
+        ref.w2.copy_(torch.randn(ref.w2.shape, generator=g) / 4)
+    ref = ref.to(torch.bfloat16)
+    ours = CpuMoEExperts.packed_from(ref)
+    assert ours.vnni and isinstance(ours.up[0], VnniLinear)
+    monkeypatch.setenv("QUIRE_CPU_BF16_GEMM", "0")
+    onednn = CpuMoEExperts.packed_from(ref)
+    assert not onednn.vnni
+    x = torch.randn(40, 48, generator=g).bfloat16()
+    logits = torch.randn(40, 5, generator=g).bfloat16()
+    with torch.no_grad():
+        native_out = ours(x, logits)
+        monkeypatch.setenv("QUIRE_CPU_NATIVE", "0")
+        torch_out = ours(x, logits)
+        monkeypatch.setenv("QUIRE_CPU_NATIVE", "1")
+        want = onednn(x, logits)
+    torch.testing.assert_close(native_out.float(), torch_out.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(native_out.float(), want.float(), atol=3e-2, rtol=3e-2)
