@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from quant_kernels import cpu_name  # this folder (run as a script)
 
-from quire.backends.cpu.moe import CpuMoEExperts, vnni_available
+from quire.backends.cpu.linear import bf16_gemm_available
+from quire.backends.cpu.moe import CpuMoEExperts
 from quire.backends.torch.models.moe import ExpertLinears, MoEExperts, route
 
 
@@ -61,7 +62,7 @@ def main() -> None:
         ref.w2.normal_(0, 0.02)
     ref = ref.to(torch.bfloat16)
     layers = {}
-    if vnni_available(torch.bfloat16):
+    if bf16_gemm_available(torch.bfloat16):
         layers["vnni"] = CpuMoEExperts.packed_from(ref)
     os.environ["QUIRE_CPU_BF16_GEMM"] = "0"
     layers["oneDNN"] = CpuMoEExperts.packed_from(ref)

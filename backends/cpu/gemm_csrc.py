@@ -185,14 +185,18 @@ static void vnni_gemm(const uint16_t* a, int64_t M, int64_t lda, const uint16_t*
 }
 
 // x [M, K] bf16 times a vnni_pack'ed weight -> [M, 32 * panels] (plain) or
-// [M, 16 * panels] (gated: silu(gate) * up). For tests and benchmarks; MoE calls vnni_gemm.
+// [M, 16 * panels] (gated: silu(gate) * up). VnniLinear's call; the MoE layer calls
+// vnni_gemm.
 torch::Tensor vnni_linear(torch::Tensor x, torch::Tensor packed, bool gated) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && packed.dim() == 3,
               "vnni_linear: bf16 x [M, K] and a packed weight");
   const int64_t M = x.size(0), panels = packed.size(0), kp = packed.size(1);
   TORCH_CHECK(x.size(1) <= 2 * kp, "vnni_linear: x has more columns than the weight");
-  auto a = torch::zeros({M, 2 * kp}, x.options());
-  a.narrow(1, 0, x.size(1)).copy_(x);
+  torch::Tensor a = x;
+  if (!x.is_contiguous() || x.size(1) != 2 * kp) {  // pad K to the packed pairs
+    a = torch::zeros({M, 2 * kp}, x.options());
+    a.narrow(1, 0, x.size(1)).copy_(x);
+  }
   const int64_t ldo = (gated ? 16 : 32) * panels;
   auto out = torch::empty({M, ldo}, x.options());
   vnni_gemm(reinterpret_cast<const uint16_t*>(a.data_ptr<at::BFloat16>()), M, 2 * kp,

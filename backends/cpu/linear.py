@@ -10,6 +10,12 @@ bounded set of shapes for a long-running server, at most 1/4 extra rows of work.
 batches (<= EXACT_ROWS rows) run unpadded.
 
 QUIRE_CPU_ONEDNN=0 keeps plain nn.Linear; so does a torch built without oneDNN.
+
+bf16 layers on a CPU with AVX-512 BF16 (and the native kernels built) use quire's own GEMM
+instead (VnniLinear, backends/cpu/gemm_csrc.py): it streams each panel of weights once for
+all of a decode step's rows, 1.1-1.5x oneDNN's time at 1-64 rows on the dev box and level
+with it at a few hundred (benchmarks/RESULTS.md). QUIRE_CPU_BF16_GEMM=0 keeps oneDNN's
+layout (for A/B runs).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import torch
 from torch import nn
 
+from quire.backends.cpu import native
 from quire.backends.torch.swap import replace_modules
 from quire.core.sizing import cdiv
 
@@ -73,6 +80,40 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
 
+def bf16_gemm_available(dtype: torch.dtype) -> bool:
+    """Whether quire's AVX-512 BF16 GEMM runs dtype here (bf16 only)."""
+    return (dtype == torch.bfloat16 and os.environ.get("QUIRE_CPU_BF16_GEMM", "1") != "0"
+            and native.available() and native.module().bf16_gemm_supported())
+
+
+class VnniLinear(nn.Module):
+    """y = x W^T (+ b) for bf16 W packed for quire's AVX-512 BF16 GEMM (gemm_csrc.py).
+    gated: W is gate | up and the layer returns silu(gate) * up (the MoE experts' form)."""
+
+    def __init__(self, weight: torch.Tensor, gated: bool = False,
+                 bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features = weight.shape[1]
+        self.out_features = weight.shape[0] // (2 if gated else 1)
+        self.gated = gated
+        with torch.no_grad():
+            self.packed = native.module().vnni_pack(weight.detach().contiguous(), gated)
+        self.bias = None if bias is None else bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = native.module().vnni_linear(rows.contiguous(), self.packed, self.gated)
+        if out.shape[1] != self.out_features:
+            out = out[:, :self.out_features]
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bf16 GEMM{', gated' if self.gated else ''}")
+
+
 @functools.cache
 def onednn_available(dtype: torch.dtype) -> bool:
     """Whether the packed path runs here and agrees with F.linear (checked once per dtype)."""
@@ -91,10 +132,14 @@ def onednn_available(dtype: torch.dtype) -> bool:
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Swap every nn.Linear of the model for a PackedLinear (when available for its dtype);
-    returns how many were swapped."""
+    """Swap every nn.Linear of the model for a VnniLinear (bf16 where quire's GEMM runs) or
+    a PackedLinear (when oneDNN runs its dtype); returns how many were swapped."""
     def convert(module: nn.Module) -> nn.Module | None:
-        if isinstance(module, nn.Linear) and onednn_available(module.weight.dtype):
+        if not isinstance(module, nn.Linear):
+            return None
+        if bf16_gemm_available(module.weight.dtype):
+            return VnniLinear(module.weight, bias=module.bias)
+        if onednn_available(module.weight.dtype):
             return PackedLinear(module)
         return None
 

@@ -5,17 +5,21 @@ where the native build has AVX-512 BF16, in the layout of quire's own GEMM (gemm
 faster again at those row counts). With the native kernels built, a SiLU layer runs routing,
 grouping and every expert in one C++ call (moe_csrc.py); otherwise the torch path groups the
 tokens and runs the packed layers. Swapped in after loading when oneDNN runs the model's
-dtype. QUIRE_CPU_BF16_GEMM=0 keeps oneDNN's layout (for A/B runs)."""
+dtype."""
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import nn
 
 from quire.backends.cpu import native
-from quire.backends.cpu.linear import PAD_RULE, PackedLinear, onednn_available
+from quire.backends.cpu.linear import (
+    PAD_RULE,
+    PackedLinear,
+    VnniLinear,
+    bf16_gemm_available,
+    onednn_available,
+)
 from quire.backends.torch.models.moe import ExpertLinears, MoEExperts
 from quire.backends.torch.swap import replace_modules
 
@@ -26,31 +30,10 @@ def _packed(weight: torch.Tensor) -> PackedLinear:
     return PackedLinear(linear)
 
 
-class VnniLinear(nn.Module):
-    """A bf16 projection packed for quire's AVX-512 BF16 GEMM (gemm_csrc.py). gated: the
-    weight is gate | up and the layer returns silu(gate) * up."""
-
-    def __init__(self, weight: torch.Tensor, gated: bool) -> None:
-        super().__init__()
-        self.out_features = weight.shape[0] // (2 if gated else 1)
-        self.gated = gated
-        self.packed = native.module().vnni_pack(weight.contiguous(), gated)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = native.module().vnni_linear(x.reshape(-1, x.shape[-1]).contiguous(), self.packed,
-                                          self.gated)
-        return out[:, :self.out_features].reshape(*x.shape[:-1], self.out_features)
-
-
-def vnni_available(dtype: torch.dtype) -> bool:
-    return (dtype == torch.bfloat16 and os.environ.get("QUIRE_CPU_BF16_GEMM", "1") != "0"
-            and native.available() and native.module().bf16_gemm_supported())
-
-
 class CpuMoEExperts(ExpertLinears):
     @classmethod
     def packed_from(cls, module: MoEExperts) -> ExpertLinears:
-        if module.act == "silu" and vnni_available(module.w13.dtype):
+        if module.act == "silu" and bf16_gemm_available(module.w13.dtype):
             new = cls.from_linears(module, [VnniLinear(w.detach(), True) for w in module.w13],
                                    [VnniLinear(w.detach(), False) for w in module.w2])
         else:

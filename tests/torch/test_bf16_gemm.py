@@ -43,7 +43,8 @@ def test_vnni_experts_torch_path_and_native_layer_agree(monkeypatch):
     """With the vnni layout, the one-call native layer and the torch path over the same
     VnniLinear modules give the same answer, and both match the oneDNN layout's."""
     _module()
-    from quire.backends.cpu.moe import CpuMoEExperts, VnniLinear
+    from quire.backends.cpu.linear import VnniLinear
+    from quire.backends.cpu.moe import CpuMoEExperts
     from quire.backends.torch.models.moe import MoEExperts
 
     g = torch.Generator().manual_seed(7)
@@ -67,3 +68,45 @@ def test_vnni_experts_torch_path_and_native_layer_agree(monkeypatch):
         want = onednn(x, logits)
     torch.testing.assert_close(native_out.float(), torch_out.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(native_out.float(), want.float(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64, 65, 530])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("in_features", [96, 97])
+def test_dense_vnni_linear_equals_linear(rows, bias, in_features):
+    """Dense bf16 layers on quire's GEMM: odd K (padded inside), 200 outputs (off the
+    32-column panels), bias, prefill-sized row counts, 3-D input."""
+    _module()
+    from torch import nn
+
+    from quire.backends.cpu.linear import VnniLinear
+
+    torch.manual_seed(rows)
+    linear = nn.Linear(in_features, 200, bias=bias).to(torch.bfloat16)
+    layer = VnniLinear(linear.weight, bias=linear.bias)
+    x = torch.randn(rows, in_features).bfloat16()
+    with torch.no_grad():
+        want = x.float() @ linear.weight.float().T + (linear.bias.float() if bias else 0)
+        got = layer(x)
+        assert got.dtype == torch.bfloat16 and got.shape == (rows, 200)
+        torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=1.6e-2)
+        assert torch.equal(layer(x.reshape(1, rows, in_features)), got.reshape(1, rows, 200))
+
+
+def test_pack_linears_picks_the_bf16_gemm_and_the_switch(monkeypatch):
+    _module()
+    from torch import nn
+
+    from quire.backends.cpu.linear import PackedLinear, VnniLinear, pack_linears
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 32, bias=False)).to(torch.bfloat16)
+    other = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 32, bias=False)).to(torch.bfloat16)
+    other.load_state_dict(model.state_dict())
+    x = torch.randn(3, 64).bfloat16()
+    with torch.no_grad():
+        assert pack_linears(model) == 2
+        assert all(isinstance(m, VnniLinear) for m in model)
+        monkeypatch.setenv("QUIRE_CPU_BF16_GEMM", "0")
+        assert pack_linears(other) == 2
+        assert all(isinstance(m, PackedLinear) for m in other)
+        torch.testing.assert_close(model(x).float(), other(x).float(), atol=3e-2, rtol=3e-2)
