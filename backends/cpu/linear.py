@@ -155,9 +155,9 @@ FP32_ROWS = 32
 FP32_COPY_MAX_BYTES = 256 << 20
 
 
-def _faster_in_fp32(packed: torch.Tensor, packed32: torch.Tensor, in_features: int,
+def _faster_in_fp32(bf16_call, packed32: torch.Tensor, in_features: int,
                     dtype: torch.dtype) -> bool:
-    """Min of 3 interleaved calls at 2 * FP32_ROWS rows, each path."""
+    """Min of 3 interleaved calls at 2 * FP32_ROWS rows, each path (bf16_call: x -> y)."""
     import time
 
     x = torch.randn(2 * FP32_ROWS, in_features)
@@ -167,29 +167,42 @@ def _faster_in_fp32(packed: torch.Tensor, packed32: torch.Tensor, in_features: i
         for _ in range(4):  # the first round warms both primitives up
             for fp32 in (False, True):
                 start = time.perf_counter()
-                _linear(x, packed32, None) if fp32 else _linear(xl, packed, None)
+                _linear(x, packed32, None) if fp32 else bf16_call(xl)
                 best[fp32] = min(best[fp32], time.perf_counter() - start)
     return best[True] < best[False]
 
 
 class PackedHead(PackedLinear):
-    """The output head: PackedLinear, plus an fp32 copy for FP32_ROWS rows and more where
-    that measured faster here. Returns x's dtype either way."""
+    """The output head: PackedLinear (or, for bf16 where quire's GEMM runs, a VnniLinear:
+    1.4x oneDNN at 1-7 rows on the bf16 heads measured), plus an fp32 copy for FP32_ROWS
+    rows and more where that measured faster here. Returns x's dtype either way."""
 
     def __init__(self, linear: nn.Linear) -> None:
-        super().__init__(linear)
-        self.packed32 = None
         weight = linear.weight.detach()
+        if bf16_gemm_available(weight.dtype):  # no oneDNN bf16 copy then
+            nn.Module.__init__(self)
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.vnni = VnniLinear(weight, bias=linear.bias)
+            self.packed, self.bias = None, self.vnni.bias
+        else:
+            super().__init__(linear)
+            self.vnni = None
+        self.packed32 = None
         if weight.dtype != torch.float32 and weight.numel() * 4 <= FP32_COPY_MAX_BYTES:
             with torch.no_grad():
                 packed32 = torch.ops.mkldnn._reorder_linear_weight(weight.float(), None)
-            if _faster_in_fp32(self.packed, packed32, self.in_features, weight.dtype):
+            if _faster_in_fp32(self._forward_low, packed32, self.in_features, weight.dtype):
                 self.packed32 = packed32
                 self.bias32 = None if self.bias is None else self.bias.float()
 
+    def _forward_low(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vnni is not None:
+            return self.vnni(x)
+        return super().forward(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed32 is None or x.shape[0] < FP32_ROWS:
-            return super().forward(x)
+            return self._forward_low(x)
         return self._apply_packed(x.float(), self.packed32, self.bias32).to(x.dtype)
 
 
@@ -200,7 +213,8 @@ def pack_head(model: nn.Module) -> bool:
     head = getattr(model, "lm_head", None)
     if head is not None and not isinstance(head, nn.Linear):
         owner, name, head = head, "inner", getattr(head, "inner", None)
-    if not isinstance(head, nn.Linear) or not onednn_available(head.weight.dtype):
+    if not isinstance(head, nn.Linear) or not (onednn_available(head.weight.dtype)
+                                                or bf16_gemm_available(head.weight.dtype)):
         return False
     setattr(owner, name, PackedHead(head))
     return True

@@ -110,3 +110,27 @@ def test_pack_linears_picks_the_bf16_gemm_and_the_switch(monkeypatch):
         assert pack_linears(other) == 2
         assert all(isinstance(m, PackedLinear) for m in other)
         torch.testing.assert_close(model(x).float(), other(x).float(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 31, 32, 70])
+@pytest.mark.parametrize("fp32_copy", [False, True])
+def test_bf16_head_on_the_gemm(rows, fp32_copy, monkeypatch):
+    """The output head in bf16: quire's GEMM below FP32_ROWS (and above when no fp32 copy is
+    taken), the fp32 copy from FP32_ROWS up when it is; F.linear's answer either way."""
+    _module()
+    from torch import nn
+
+    from quire.backends.cpu import linear as linear_mod
+
+    monkeypatch.setattr(linear_mod, "_faster_in_fp32", lambda *args: fp32_copy)
+    torch.manual_seed(rows)
+    lin = nn.Linear(64, 300).to(torch.bfloat16)
+    head = linear_mod.PackedHead(lin)
+    assert head.vnni is not None and head.packed is None
+    assert (head.packed32 is not None) == fp32_copy
+    x = torch.randn(rows, 64).bfloat16()
+    with torch.no_grad():
+        out = head(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 300)
+    want = x.float() @ lin.weight.float().T + lin.bias.float()
+    torch.testing.assert_close(out.float(), want, atol=3e-2, rtol=1.6e-2)
