@@ -1,5 +1,6 @@
-"""C++ source of the cpu backend's bf16 GEMM for MoE experts (built with the other kernels by
-native.py, before moe_csrc.MOE, which calls it).
+"""C++ source of the cpu backend's bf16 GEMM for linear layers and MoE experts (built with the
+other kernels by native.py, before moe_csrc.MOE, which calls it; linear.VnniLinear calls
+vnni_linear).
 
 Why a GEMM of our own: an expert in a decode step sees a few to a few dozen rows, where
 oneDNN's packed bf16 GEMM runs well below both the machine's streaming bandwidth and its
@@ -15,21 +16,10 @@ K is padded to even, N to whole panels, with zeros. The up projection of an expe
 and its epilogue writes silu(gate) * up directly (rounded as silu_mul rounds it).
 
 Only where the build targets AVX-512 BF16 (-march=native on such a CPU); elsewhere
-bf16_gemm_supported() is false and the experts stay oneDNN's.
+bf16_gemm_supported() is false and layers and experts stay oneDNN's.
 """
 
 GEMM = r"""
-static inline float bf16_to_float(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-static inline uint16_t float_to_bf16(float f) {  // round to nearest even, as c10::BFloat16
-  return c10::BFloat16(f).x;
-}
-
 bool bf16_gemm_supported() {
 #ifdef __AVX512BF16__
   return true;
@@ -157,14 +147,14 @@ static void rows_panel(const uint16_t* a, int64_t lda, const uint16_t* b, int64_
 static void vnni_gemm(const uint16_t* a, int64_t M, int64_t lda, const uint16_t* packed,
                       int64_t panels, int64_t kp, uint16_t* out, int64_t ldo, bool gated) {
 #ifdef __AVX512BF16__
+  // Each row group prefetches its share of the next panel (not past this thread's).
+  const int64_t groups = (M + MAX_ROWS - 1) / MAX_ROWS, share = (kp + groups - 1) / groups;
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const uint16_t* b = packed + p * kp * 64;
       for (int64_t m = 0; m < M; m += MAX_ROWS) {
         const uint16_t* ar = a + m * lda;
         uint16_t* o = out + m * ldo;
-        // Each row group prefetches its share of the next panel (not past this thread's).
-        const int64_t groups = (M + MAX_ROWS - 1) / MAX_ROWS, share = (kp + groups - 1) / groups;
         const int64_t first = std::min(kp, (m / MAX_ROWS) * share);
         const int64_t pf_count = p + 1 < p1 ? std::min(share, kp - first) : 0;
         const uint16_t* pf = b + (kp + first) * 64;

@@ -13,8 +13,8 @@ QUIRE_CPU_ONEDNN=0 keeps plain nn.Linear; so does a torch built without oneDNN.
 
 bf16 layers on a CPU with AVX-512 BF16 (and the native kernels built) use quire's own GEMM
 instead (VnniLinear, backends/cpu/gemm_csrc.py): it streams each panel of weights once for
-all of a decode step's rows, 1.1-1.5x oneDNN's time at 1-64 rows on the dev box and level
-with it at a few hundred (benchmarks/RESULTS.md). QUIRE_CPU_BF16_GEMM=0 keeps oneDNN's
+all of a decode step's rows; on the dev box 1.3-1.8x faster than oneDNN below ~32 rows,
+level to 8% slower from 64 rows up (benchmarks/RESULTS.md). QUIRE_CPU_BF16_GEMM=0 keeps oneDNN's
 layout (for A/B runs).
 """
 

@@ -34,13 +34,15 @@ class CpuMoEExperts(ExpertLinears):
     @classmethod
     def packed_from(cls, module: MoEExperts) -> ExpertLinears:
         if module.act == "silu" and bf16_gemm_available(module.w13.dtype):
-            new = cls.from_linears(module, [VnniLinear(w.detach(), True) for w in module.w13],
-                                   [VnniLinear(w.detach(), False) for w in module.w2])
-        else:
-            new = cls.from_linears(module, [_packed(w.detach()) for w in module.w13],
-                                   [_packed(w.detach()) for w in module.w2])
-        new.vnni = isinstance(new.up[0], VnniLinear)
-        return new
+            return cls.from_linears(module, [VnniLinear(w.detach(), True) for w in module.w13],
+                                    [VnniLinear(w.detach(), False) for w in module.w2])
+        return cls.from_linears(module, [_packed(w.detach()) for w in module.w13],
+                                [_packed(w.detach()) for w in module.w2])
+
+    @property
+    def vnni(self) -> bool:
+        """Experts in quire's GEMM layout (the up projection gated)."""
+        return isinstance(self.up[0], VnniLinear)
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         if self.act == "silu" and native.available():

@@ -62,7 +62,7 @@ def _sources() -> list[str]:
     return [csrc.COMMON + csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v8", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v9", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear"],
