@@ -1,9 +1,16 @@
-"""The cpu backend's packed-weight kernel (sources in quant_csrc.py), built on first use:
+"""The cpu backend's packed-weight kernels, built on first use:
 
-- decode rows (up to FUSED_ROWS): a fused dequantize-dot that streams the packed weights
-  once per step for all rows, in float (exact against the dequantized weights). An AVX-512
-  version (16-float vectors) or an AVX2+FMA one (8-float) is chosen at run time by what the
-  CPU reports, else a portable C++ loop. An
+- lanes (lanes_csrc.py, quant_lanes.py; where the CPU has AVX-512 BF16): layers are repacked
+  at load (prepare()) with 16 outputs across the vector lanes; a call of up to
+  quant_lanes.ROWS rows unpacks each weight tile once to bf16 and runs vdpbf16ps for every
+  row (exact against the dequantized weights for bf16 rows; float32 rows go in as two bf16
+  parts). 2-2.5x the rows kernel at one row on the bundled model's shapes, and extra rows
+  cost only their multiply-adds (benchmarks/QUANTIZATION.md);
+- rows (sources in quant_csrc.py; every other CPU):
+  decode rows (up to FUSED_ROWS) through a fused dequantize-dot that streams the packed
+  weights once per step for all rows, in float (exact against the dequantized weights). An
+  AVX-512 version (16-float vectors) or an AVX2+FMA one (8-float) is chosen at run time by
+  what the CPU reports, else a portable C++ loop. An
   optional 8-bit-activation variant (int8_activations=True, llama.cpp's scheme: two
   integer instructions per group) trades exactness for speed; it is not the default because
   on the bundled model it flips near-tied tokens (its chat answer to "What is the capital
@@ -21,6 +28,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from quire.backends.cpu import quant_lanes
 from quire.backends.cpu.native import LazyExtension
 from quire.backends.torch.quantization import QuantLinear
 
@@ -65,12 +73,32 @@ class CpuQuantKernel:
         self.max_path = _PATHS[isa or ("portable" if portable else "avx512")]
         self.int8_activations = int8_activations
 
+    def prepare(self, layer: QuantLinear) -> None:
+        """Repack into the lanes layout (quant_lanes.py) where this CPU runs it and the layer
+        allows it; other layers keep the checkpoint's layout for the rows kernel."""
+        if self.lanes and quant_lanes.supported(layer):
+            quant_lanes.repack(layer)
+
+    @property
+    def lanes(self) -> bool:
+        return (self.max_path == _PATHS["avx512"] and not self.int8_activations
+                and quant_lanes.available())
+
     def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
-        if x.shape[0] <= FUSED_ROWS:  # (the kernel converts x and y itself)
+        if layer.layout == quant_lanes.LAYOUT:
+            if x.shape[0] <= quant_lanes.ROWS:
+                return quant_lanes.matmul(x, layer)
+        elif x.shape[0] <= FUSED_ROWS:  # (the kernel converts x and y itself)
             return _load().quant_gemv(x, layer.qweight, layer.scales, layer.mins, layer.bits,
                                       layer.group_size, self.max_path, self.int8_activations)
         return F.linear(x.float(), self.dequantize(layer)).to(x.dtype)
 
     def dequantize(self, layer: QuantLinear) -> torch.Tensor:
+        if layer.layout == quant_lanes.LAYOUT:
+            return quant_lanes.dequantize(layer, torch.arange(layer.out_features))
         return _load().quant_dequantize(layer.qweight, layer.scales, layer.mins, layer.bits,
                                         layer.group_size, layer.in_features)
+
+    def dequantize_rows(self, layer: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ids of a repacked layer (embedding lookups), float32."""
+        return quant_lanes.dequantize(layer, ids)

@@ -42,6 +42,10 @@ class QuantKernel(Protocol):
     def dequantize(self, layer: QuantLinear) -> torch.Tensor:
         """The layer's weight as a float32 [N, K] matrix."""
 
+    # Optional: prepare(layer) -> None, called once after loading, may repack the layer's
+    # buffers into the kernel's own layout and name it in layer.layout; such a kernel also
+    # provides dequantize_rows(layer, ids) -> float32 [len(ids), K] (embedding lookups).
+
 
 class QuantLinear(nn.Module):
     """y = x W^T (+ bias), W held packed by its LinearMethod."""
@@ -103,6 +107,7 @@ class PackedLinearMethod(LinearMethod):
         layer.register_buffer("perm", torch.empty(0, dtype=torch.int64), persistent=False)
         layer.bits = layer.group_size = 0
         layer.source = ""
+        layer.layout = ""  # the checkpoint's (PackedWeight's); a kernel's prepare may change it
 
     def load_weights(self, layer: QuantLinear, weight: object) -> None:
         assert isinstance(weight, PackedWeight)
@@ -118,6 +123,11 @@ class PackedLinearMethod(LinearMethod):
             weight.source
         if weight.perm is not None:
             layer.perm = torch.from_numpy(weight.perm.astype(np.int64))
+
+    def process_after_loading(self, layer: QuantLinear) -> None:
+        prepare = getattr(self.kernel, "prepare", None)
+        if prepare is not None:
+            prepare(layer)
 
     def apply(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         if layer.perm.numel():  # the kernels multiply the weight as stored
@@ -145,6 +155,8 @@ class QuantEmbedding(nn.Module):
 
 def dequantize_rows(t: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
     """Rows ids of a packed layer's weight, float32, inputs in stored order."""
+    if t.layout:  # repacked by its kernel's prepare()
+        return t.method.kernel.dequantize_rows(t, ids)
     q, s = t.qweight[ids], t.scales[ids].float()
     if t.bits == 4:
         q = torch.stack([q.view(len(ids), -1, 16) & 15, q.view(len(ids), -1, 16) >> 4], 2)
