@@ -1,10 +1,11 @@
-"""The cpu packed-weight kernel's instruction-set paths side by side, one decode row, on the
-bundled SmolLM2 model's matrix shapes (Q4_1 projections, the Q8_0 tied head):
+"""The cpu packed-weight kernel's paths side by side on the bundled SmolLM2 model's matrix
+shapes (Q4_1 projections, the Q8_0 tied head), rows as a decode step has them:
 
-    python benchmarks/quant_kernels.py [--rows 1] [--rounds 2]
+    python benchmarks/quant_kernels.py [--rows 1 7 16] [--rounds 2] [--dtype bfloat16]
 
-Prints microseconds per call for each path (AVX-512, AVX2, portable), interleaved rounds,
-and the CPU's model name (timings on this shared VM are noisy: compare within a run).
+Prints microseconds per call for each path (the lanes layout where the CPU has AVX-512 BF16;
+the rows kernel's AVX-512, AVX2 and portable paths), interleaved rounds, and the CPU's model
+name (timings on this shared VM are noisy: compare within a run).
 """
 
 from __future__ import annotations
@@ -34,28 +35,37 @@ def main() -> None:
     from gguf import quants
     from gguf.constants import GGMLQuantizationType as T
 
-    from quire.backends.cpu import quant_native
+    from quire.backends.cpu import quant_lanes, quant_native
     from quire.backends.torch.quantization import PackedLinearMethod, QuantLinear
     from quire.models.quant import from_gguf
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=1)
+    p.add_argument("--rows", type=int, nargs="+", default=[1])
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--no-portable", action="store_true")
     args = p.parse_args()
-    print(f"CPU: {cpu_name()}; best path: {quant_native.isa()}; threads {torch.get_num_threads()}")
+    print(f"CPU: {cpu_name()}; rows kernel's best path: {quant_native.isa()}; lanes layout: "
+          f"{quant_lanes.available()}; threads {torch.get_num_threads()}; x {args.dtype}")
     paths = [isa for isa in ("avx512", "avx2", "portable")
-             if isa == "portable" or quant_native.isa() in ("avx512", isa)]
-    for fmt, n, k in SHAPES:
+             if (isa == "portable" and not args.no_portable)
+             or quant_native.isa() in ("avx512", isa)]
+    if quant_lanes.available():
+        paths.insert(0, "lanes")
+    for (fmt, n, k), rows in ((s, r) for s in SHAPES for r in args.rows):
         qtype = getattr(T, fmt)
         w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32)
         pw = from_gguf(quants.quantize(w, qtype), int(qtype), (n, k))
-        x = torch.randn(args.rows, k)
+        x = torch.randn(rows, k).to(getattr(torch, args.dtype))
         times: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for isa in paths:
-                method = PackedLinearMethod(quant_native.CpuQuantKernel(isa=isa))
+                method = PackedLinearMethod(quant_native.CpuQuantKernel(
+                    isa=None if isa == "lanes" else isa))
                 layer = QuantLinear(k, n, method)
                 method.load_weights(layer, pw)
+                if isa == "lanes":
+                    method.process_after_loading(layer)  # repacks
                 calls = 20 if isa == "portable" else 200
                 for _ in range(5):
                     layer(x)
@@ -63,7 +73,7 @@ def main() -> None:
                 for _ in range(calls):
                     layer(x)
                 times.setdefault(isa, []).append((time.perf_counter() - start) / calls * 1e6)
-        print(f"{fmt} {n}x{k}: " + ", ".join(
+        print(f"{fmt} {n}x{k}, {rows} rows: " + ", ".join(
             f"{isa} {' / '.join(f'{t:.0f}' for t in ts)} us" for isa, ts in times.items()))
 
 
