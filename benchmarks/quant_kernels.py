@@ -47,9 +47,9 @@ def main() -> None:
     args = p.parse_args()
     print(f"CPU: {cpu_name()}; rows kernel's best path: {quant_native.isa()}; lanes layout: "
           f"{quant_lanes.available()}; threads {torch.get_num_threads()}; x {args.dtype}")
-    paths = [isa for isa in ("avx512", "avx2", "portable")
-             if (isa == "portable" and not args.no_portable)
-             or quant_native.isa() in ("avx512", isa)]
+    paths = [isa for isa in ("avx512", "avx2") if quant_native.isa() in ("avx512", isa)]
+    if not args.no_portable:
+        paths.append("portable")
     if quant_lanes.available():
         paths.insert(0, "lanes")
     for (fmt, n, k), rows in ((s, r) for s in SHAPES for r in args.rows):

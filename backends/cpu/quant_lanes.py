@@ -70,6 +70,10 @@ def repack(layer: QuantLinear) -> None:
     if layer.mins.numel():
         layer.mins = _per_tile(layer.mins, tiles)
     layer.layout = LAYOUT
+    # The call with its arguments bound once: a decode step makes ~4 of these per layer.
+    fn, qw, sc, mn = native.module().lanes_linear, layer.qweight, layer.scales, layer.mins
+    bits, group, n_out = layer.bits, layer.group_size, layer.out_features
+    layer.lanes_call = lambda x: fn(x, qw, sc, mn, bits, group, n_out)
 
 
 def available() -> bool:
@@ -84,9 +88,3 @@ def dequantize(layer: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
     return native.module().lanes_dequantize(layer.qweight, layer.scales, layer.mins,
                                             layer.bits, layer.group_size,
                                             ids.to(torch.int64).contiguous())
-
-
-def matmul(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
-    """x [M, K] (bf16 or float32, M <= ROWS) -> [M, N] in x's dtype."""
-    return native.module().lanes_linear(x, layer.qweight, layer.scales, layer.mins, layer.bits,
-                                        layer.group_size, layer.out_features)

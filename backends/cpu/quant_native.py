@@ -87,7 +87,9 @@ class CpuQuantKernel:
     def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         if layer.layout == quant_lanes.LAYOUT:
             if x.shape[0] <= quant_lanes.ROWS:
-                return quant_lanes.matmul(x, layer)
+                if x.dtype in (torch.bfloat16, torch.float32):  # (what the kernel takes)
+                    return layer.lanes_call(x)
+                return layer.lanes_call(x.float()).to(x.dtype)
         elif x.shape[0] <= FUSED_ROWS:  # (the kernel converts x and y itself)
             return _load().quant_gemv(x, layer.qweight, layer.scales, layer.mins, layer.bits,
                                       layer.group_size, self.max_path, self.int8_activations)

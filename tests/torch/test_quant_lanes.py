@@ -84,6 +84,9 @@ def test_kernel_equals_dequantized_reference(qtype, n, k, rows):
     assert got.dtype == torch.bfloat16
     err = (got.double() - want).abs()
     assert (err <= want.abs() * 2.0 ** -8 + scale * 1e-5).all()
+    # float16 rows go through float32.
+    xh = x.half()
+    assert torch.equal(layer(xh), layer(xh.float()).half())
 
 
 @needs_lanes
