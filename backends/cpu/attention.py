@@ -75,21 +75,35 @@ class CpuAttention(AttentionImpl):
         flat[0].index_copy_(0, slot_mapping, key)
         flat[1].index_copy_(0, slot_mapping, value)
 
-    def forward(self, query: torch.Tensor, kv_cache: torch.Tensor,
-                metadata: AttentionMetadata) -> torch.Tensor:
-        workspace = metadata.workspace or Workspace()
+    def _plan(self, kv_cache: torch.Tensor, metadata: AttentionMetadata) -> _Plan:
         key = ("cpu", kv_cache.shape[2], self.sliding_window)
         plan = metadata.plan_cache.get(key)
         if plan is None:
             plan = metadata.plan_cache[key] = _make_plan(metadata, kv_cache.shape[2],
                                                          self.sliding_window)
+        return plan
+
+    def native_decode_rows(self, kv_cache: torch.Tensor, metadata: AttentionMetadata,
+                           num_tokens: int) -> _DecodeRows | None:
+        """The native kernel's rows when every token of the step is a decode row, in order
+        (no padding, no prefill); else None."""
+        plan = self._plan(kv_cache, metadata)
         rows = plan.decode_rows
-        if rows is not None and plan.native:
-            if not plan.prefills and len(rows.token_idx) == query.shape[0]:
-                # Every token is a decode row, in order (no padding): no gather/scatter.
-                return native.paged_decode(query, kv_cache[0], kv_cache[1], rows.block_tables,
-                                           rows.seq_lens, self.scale, self.sliding_window,
-                                           self.soft_cap, self.kv_quant)
+        if rows is not None and plan.native and not plan.prefills and \
+                len(rows.token_idx) == num_tokens:
+            return rows
+        return None
+
+    def forward(self, query: torch.Tensor, kv_cache: torch.Tensor,
+                metadata: AttentionMetadata) -> torch.Tensor:
+        workspace = metadata.workspace or Workspace()
+        plan = self._plan(kv_cache, metadata)
+        rows = self.native_decode_rows(kv_cache, metadata, query.shape[0])
+        if rows is not None:  # no gather/scatter
+            return native.paged_decode(query, kv_cache[0], kv_cache[1], rows.block_tables,
+                                       rows.seq_lens, self.scale, self.sliding_window,
+                                       self.soft_cap, self.kv_quant)
+        rows = plan.decode_rows
         out = torch.empty_like(query)
         if rows is not None and plan.native:
             out[rows.token_idx] = native.paged_decode(

@@ -3,7 +3,7 @@ linears and fused elementwise kernels swapped into the model after loading."""
 
 from __future__ import annotations
 
-from quire.backends.cpu import native, quant_native
+from quire.backends.cpu import decode_layer, native, quant_native
 from quire.backends.cpu.attention import CpuAttention
 from quire.backends.cpu.fused import fuse_elementwise
 from quire.backends.cpu.linear import pack_head, pack_linears
@@ -46,4 +46,5 @@ class CpuExecutor(TorchExecutor):
         pack_linears(self.model)  # oneDNN-packed weights: see backends/cpu/linear.py
         pack_experts(self.model)  # the same for each expert: moe.py
         fuse_elementwise(self.model)  # one-pass norms, activation, rope: fused.py
+        decode_layer.install(self.model)  # decode steps' layers in one call: decode_layer.py
         return info

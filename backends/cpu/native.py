@@ -8,7 +8,8 @@ torch.utils.cpp_extension (gcc, OpenMP):
 - moe_experts: a MoE layer's routing and experts in one call (moe_csrc.py, moe.py);
 - argmax_rows: greedy sampling's argmax, ~10x torch's on [64, 32000] on the dev box;
 - vnni_linear (gemm_csrc.py): bf16 GEMM for dense layers and experts;
-- lanes_linear (lanes_csrc.py): 4- and 8-bit packed weights, outputs across the lanes.
+- lanes_linear (lanes_csrc.py): 4- and 8-bit packed weights, outputs across the lanes;
+- decode_layer (layer_csrc.py): a decode step's Llama-family layer in one call.
 
 QUIRE_CPU_NATIVE=0 disables them; when they cannot be built here, the torch paths are used.
 
@@ -59,17 +60,17 @@ class LazyExtension:
 
 
 def _sources() -> list[str]:
-    from quire.backends.cpu import csrc, gemm_csrc, lanes_csrc, moe_csrc
+    from quire.backends.cpu import csrc, gemm_csrc, lanes_csrc, layer_csrc, moe_csrc
 
     return [csrc.COMMON + csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE +
-            lanes_csrc.LANES]
+            lanes_csrc.LANES + layer_csrc.LAYER]
 
 
 _KERNELS = LazyExtension("quire_cpu_kernels_v10", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",
-                          "lanes_dequantize"],
+                          "lanes_dequantize", "decode_layer"],
                          "native CPU kernels (using the torch paths)")
 _load = _KERNELS.get
 

@@ -10,7 +10,7 @@ q/k/v and gate/up projections are fused at load time (one matmul each).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,9 @@ class DecoderLayer(nn.Module):
             self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
             self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = attn
+        # A backend may give the layer a faster path for some steps (the cpu backend's fused
+        # decode layer): called with forward's arguments, it returns the output or None.
+        self.fast_path: Callable[..., torch.Tensor | None] | None = None
 
     def mlp(self, h: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "experts"):
@@ -103,6 +106,10 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
         """x [T, hidden]; rope: RotaryEmbedding.table() of the tokens' positions."""
+        if self.fast_path is not None:
+            out = self.fast_path(x, rope, kv_cache, md)
+            if out is not None:
+                return out
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(self.input_layernorm(x)).split(self.qkv_split, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_size)

@@ -1,0 +1,92 @@
+"""The cpu backend's fused decode layer: for a step whose every row is a decode row, a
+Llama-family layer with lanes-packed projections runs as one native call (layer_csrc.py)
+instead of ~15 module calls from Python. The same kernels run in the same order, so the
+output is bit-identical to the module path's; any step or layer it does not cover takes
+that path (DecoderLayer.fast_path returns None).
+
+install() gives each eligible layer its fast path after the other cpu swaps (fused.py's
+elementwise modules, the lanes repacking); QUIRE_CPU_FUSED_LAYER=0 leaves them all off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from quire.backends.cpu import native, quant_lanes
+from quire.backends.cpu.attention import CpuAttention
+from quire.backends.cpu.fused import NativeApplyRotary, NativeRMSNorm, NativeSiluAndMul
+from quire.backends.torch.attention import AttentionMetadata
+from quire.backends.torch.models.llama import DecoderLayer
+from quire.backends.torch.quantization import QuantLinear
+
+_DTYPES = (torch.bfloat16, torch.float32)
+
+
+class FusedDecode:
+    """One layer's fast path (DecoderLayer.fast_path)."""
+
+    def __init__(self, layer: DecoderLayer) -> None:
+        projs = [layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj]
+        self.attn: CpuAttention = layer.attn
+        self.dtype = layer.input_layernorm.weight.dtype
+        self.head_size = layer.head_size
+        self.weights = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+        ints: list[int] = []
+        for p in projs:
+            self.weights += [p.qweight, p.scales, p.mins]
+            ints += [p.bits, p.group_size, p.out_features]
+        bias = layer.qkv_proj.bias
+        self.weights.append(torch.empty(0, dtype=self.dtype) if bias is None else bias)
+        self.ints = ints + [layer.num_heads, layer.num_kv_heads, layer.head_size,
+                            self.attn.sliding_window or 0]
+        self.eps = layer.input_layernorm.eps
+        self.soft_cap = self.attn.soft_cap or 0.0
+
+    def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                 kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor | None:
+        cos, sin = rope
+        if x.shape[0] > quant_lanes.ROWS or x.dtype != self.dtype or x.dim() != 2 or \
+                x.stride(1) != 1 or cos.dtype != torch.float32 or \
+                cos.shape[-1] != self.head_size:
+            return None
+        rows = self.attn.native_decode_rows(kv_cache, md, x.shape[0])
+        if rows is None:
+            return None
+        return native.module().decode_layer(
+            x, self.weights, self.ints, self.eps, self.attn.scale, self.soft_cap,
+            cos.contiguous(), sin.contiguous(), kv_cache, md.slot_mapping, rows.block_tables,
+            rows.seq_lens)
+
+
+def eligible(layer: nn.Module) -> bool:
+    """A dense (not MoE) Llama-family layer without q/k norms or sandwich norms, whose norms,
+    activation and rotary are the native ones, whose four projections are lanes-packed
+    (inputs in order; only qkv may have a bias), and whose attention is the cpu backend's
+    with a full-precision cache."""
+    if not isinstance(layer, DecoderLayer) or layer.sandwich or layer.q_norm is not None or \
+            not hasattr(layer, "gate_up_proj"):
+        return False
+    projs = [layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj]
+    norms = [layer.input_layernorm, layer.post_attention_layernorm]
+    return (all(type(n) is NativeRMSNorm for n in norms)
+            and norms[0].weight.dtype in _DTYPES and norms[1].eps == norms[0].eps
+            and type(layer.act) is NativeSiluAndMul and type(layer.rotary) is NativeApplyRotary
+            and all(type(p) is QuantLinear and p.layout == quant_lanes.LAYOUT
+                    and not p.perm.numel() for p in projs)
+            and all(p.bias is None for p in projs[1:])
+            and isinstance(layer.attn, CpuAttention) and layer.attn.kv_quant is None)
+
+
+def install(model: nn.Module) -> int:
+    """Give every eligible layer its fused decode path; returns how many got one."""
+    if os.environ.get("QUIRE_CPU_FUSED_LAYER", "1") == "0" or not quant_lanes.available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if eligible(module):
+            module.fast_path = FusedDecode(module)
+            count += 1
+    return count

@@ -1,0 +1,80 @@
+"""The cpu backend's fused decode layer (decode_layer.py, layer_csrc.py): greedy tokens and
+log-probabilities bit-identical to the module path it replaces, through prefill chunks
+(which take the module path), batches of decode rows, speculative verification rows and
+preemption; layers it does not cover keep the module path."""
+
+from __future__ import annotations
+
+import pytest
+
+from quire import LLM, SamplingParams
+from quire.backends.cpu import decode_layer, native
+
+LANES = native.available() and native.module().lanes_supported()
+needs_lanes = pytest.mark.skipif(not LANES, reason="this CPU has no AVX-512 BF16: no layer "
+                                 "is lanes-packed, so none is fused (test_install_elsewhere)")
+
+PROMPTS = ["one two three four five six", "the cache serves the same prefix", "hello world",
+           "paris is the capital of", "a b c d e f g h i j k l m n o p"]
+PARAMS = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=3)
+
+
+def _run(path, monkeypatch, fused, **kw):
+    monkeypatch.setenv("QUIRE_CPU_FUSED_LAYER", "1" if fused else "0")
+    llm = LLM(path, quantization="int8", num_blocks=kw.pop("num_blocks", 128), **kw)
+    layers = [m for m in llm.engine.executor.model.modules() if hasattr(m, "fast_path")]
+    taken = []
+    for layer in layers:
+        if layer.fast_path is not None:  # count the steps that took the fused path
+            def spy(*args, _inner=layer.fast_path):
+                out = _inner(*args)
+                taken.append(out is not None)
+                return out
+            layer.fast_path = spy
+    outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    got = [(o.outputs[0].token_ids, [sorted(d.items()) for d in o.outputs[0].logprobs])
+           for o in outs]
+    return got, layers, taken, llm.engine.stats().num_preemptions
+
+
+@needs_lanes
+@pytest.mark.parametrize("arch, dtype", [("llama", "bfloat16"), ("llama", "float32"),
+                                         ("qwen2", "bfloat16")])
+def test_bit_identical_to_the_module_path(model_factory, monkeypatch, arch, dtype):
+    path = model_factory(arch, hidden_size=128, intermediate_size=256, num_heads=4,
+                         num_kv_heads=2)
+    want, layers, taken, _ = _run(path, monkeypatch, False, dtype=dtype)
+    assert all(layer.fast_path is None for layer in layers) and not taken
+    got, layers, taken, _ = _run(path, monkeypatch, True, dtype=dtype)
+    assert all(layer.fast_path is not None for layer in layers)
+    assert any(taken) and not all(taken)  # decode steps fused; prefill steps not
+    assert got == want
+
+
+@needs_lanes
+def test_speculative_rows_and_preemption(model_factory, monkeypatch):
+    path = model_factory("llama", hidden_size=128, intermediate_size=256, num_heads=4,
+                         num_kv_heads=2)
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2}
+    # 12 blocks of 4 slots cannot hold five requests' ~30 tokens each at once.
+    kw = {"speculative_config": spec, "num_blocks": 12, "block_size": 4}
+    want, _, _, _ = _run(path, monkeypatch, False, **dict(kw))
+    got, _, taken, preemptions = _run(path, monkeypatch, True, **dict(kw))
+    assert any(taken) and preemptions > 0
+    assert got == want
+
+
+def test_install_elsewhere(model_factory, monkeypatch):
+    # bf16 dense layers (no lanes packing), MoE layers and an 8-bit KV cache keep the module
+    # path; on CPUs without AVX-512 BF16 nothing is packed in lanes, so nothing is fused.
+    path = model_factory("llama", hidden_size=128, intermediate_size=256, num_heads=4,
+                         num_kv_heads=2)
+    for kw in ({}, {"quantization": "int8", "kv_cache_dtype": "int8"},
+               *(({"quantization": "int8"},) if not LANES else ())):
+        llm = LLM(path, num_blocks=32, **kw)
+        model = llm.engine.executor.model
+        assert decode_layer.install(model) == 0
+        assert all(getattr(m, "fast_path", None) is None for m in model.modules())
+    moe = LLM(model_factory("mixtral", hidden_size=64, intermediate_size=64),
+              quantization="int8", num_blocks=32)
+    assert not any(decode_layer.eligible(m) for m in moe.engine.executor.model.modules())
