@@ -1,11 +1,13 @@
 """The cpu backend's fused decode layer: for a step whose every row is a decode row, a
-Llama-family layer with lanes-packed projections runs as one native call (layer_csrc.py)
+Llama-family layer whose projections are lanes-packed (quant_lanes.py) or on the bf16 GEMM
+(linear.VnniLinear) runs as one native call (layer_csrc.py)
 instead of ~15 module calls from Python. The same kernels run in the same order, so the
 output is bit-identical to the module path's; any step or layer it does not cover takes
 that path (DecoderLayer.fast_path returns None).
 
 install() gives each eligible layer its fast path after the other cpu swaps (fused.py's
-elementwise modules, the lanes repacking); QUIRE_CPU_FUSED_LAYER=0 leaves them all off.
+elementwise modules, the lanes and bf16-GEMM packing), on CPUs with AVX-512 BF16 (where
+those layouts exist); QUIRE_CPU_FUSED_LAYER=0 leaves them all off.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from quire.backends.cpu import native, quant_lanes
 from quire.backends.cpu.attention import CpuAttention
 from quire.backends.cpu.fused import NativeApplyRotary, NativeRMSNorm, NativeSiluAndMul
+from quire.backends.cpu.linear import VnniLinear
 from quire.backends.torch.attention import AttentionMetadata
 from quire.backends.torch.models.llama import DecoderLayer
 from quire.backends.torch.quantization import QuantLinear
@@ -35,9 +38,14 @@ class FusedDecode:
         self.head_size = layer.head_size
         self.weights = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
         ints: list[int] = []
+        none = torch.empty(0)
         for p in projs:
-            self.weights += [p.qweight, p.scales, p.mins]
-            ints += [p.bits, p.group_size, p.out_features]
+            if isinstance(p, VnniLinear):
+                self.weights += [p.packed, none, none]
+                ints += [16, 0, p.out_features]
+            else:
+                self.weights += [p.qweight, p.scales, p.mins]
+                ints += [p.bits, p.group_size, p.out_features]
         bias = layer.qkv_proj.bias
         self.weights.append(torch.empty(0, dtype=self.dtype) if bias is None else bias)
         self.ints = ints + [layer.num_heads, layer.num_kv_heads, layer.head_size,
@@ -63,9 +71,9 @@ class FusedDecode:
 
 def eligible(layer: nn.Module) -> bool:
     """A dense (not MoE) Llama-family layer without q/k norms or sandwich norms, whose norms,
-    activation and rotary are the native ones, whose four projections are lanes-packed
-    (inputs in order; only qkv may have a bias), and whose attention is the cpu backend's
-    with a full-precision cache."""
+    activation and rotary are the native ones, whose four projections are packed (_packed;
+    only qkv may have a bias), and whose attention is the cpu backend's with a
+    full-precision cache."""
     if not isinstance(layer, DecoderLayer) or layer.sandwich or layer.q_norm is not None or \
             not hasattr(layer, "gate_up_proj"):
         return False
@@ -74,15 +82,23 @@ def eligible(layer: nn.Module) -> bool:
     return (all(type(n) is NativeRMSNorm for n in norms)
             and norms[0].weight.dtype in _DTYPES and norms[1].eps == norms[0].eps
             and type(layer.act) is NativeSiluAndMul and type(layer.rotary) is NativeApplyRotary
-            and all(type(p) is QuantLinear and p.layout == quant_lanes.LAYOUT
-                    and not p.perm.numel() for p in projs)
+            and all(_packed(p) for p in projs)
             and all(p.bias is None for p in projs[1:])
             and isinstance(layer.attn, CpuAttention) and layer.attn.kv_quant is None)
 
 
+def _packed(p: nn.Module) -> bool:
+    """Lanes-packed with its inputs in order, or on the bf16 GEMM with whole panels (so the
+    module path's output needs no narrowing)."""
+    if type(p) is QuantLinear:
+        return p.layout == quant_lanes.LAYOUT and not p.perm.numel()
+    return type(p) is VnniLinear and not p.gated and p.out_features % 32 == 0
+
+
 def install(model: nn.Module) -> int:
     """Give every eligible layer its fused decode path; returns how many got one."""
-    if os.environ.get("QUIRE_CPU_FUSED_LAYER", "1") == "0" or not quant_lanes.available():
+    if os.environ.get("QUIRE_CPU_FUSED_LAYER", "1") == "0" or not native.available() or \
+            not native.module().lanes_supported():
         return 0
     count = 0
     for module in model.modules():

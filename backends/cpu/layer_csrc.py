@@ -6,15 +6,16 @@ Why: at batch 1 a decode step of a 30-layer model is ~15 module calls per layer 
 Python, and each costs microseconds of dispatch that are not weight bytes (a cProfile of the
 bundled model put about a third of a token's time there). decode_layer runs one Llama-family
 layer, for a step whose every row is a decode row, as the very same kernels in the very same
-order as the module path (rms_norm, lanes_linear, rope_inplace, the KV write, paged_decode,
-silu_mul, the residual adds), so its results are bit-identical to that path's; it only stops
+order as the module path (rms_norm, lanes_linear or vnni_linear, rope_inplace, the KV write,
+paged_decode, silu_mul, the residual adds), so its results are bit-identical to that path's; it only stops
 returning to Python between them.
 """
 
 LAYER = r"""
 // x [T, hidden]; w: input norm, post-attention norm, then (qweight, scales, mins) of qkv, o,
-// gate_up and down, then the qkv bias (empty: none); ints: (bits, group, n_out) of the four
-// projections, then Hq, Hkv, D, sliding window; cos, sin [T, D] fp32; kv_cache
+// gate_up and down, or (vnni-packed bf16 weight, -, -), then the qkv bias (empty: none);
+// ints: (bits, group, n_out) of the four projections (bits 16: the bf16 GEMM, whose n_out
+// is whole panels), then Hq, Hkv, D, sliding window; cos, sin [T, D] fp32; kv_cache
 // [2, N, S, Hkv, D]; slots [T] int64; block_tables [T, B] int32; seq_lens [T] int32.
 torch::Tensor decode_layer(torch::Tensor x, std::vector<torch::Tensor> w,
                            std::vector<int64_t> ints, double eps, double scale,
@@ -24,6 +25,7 @@ torch::Tensor decode_layer(torch::Tensor x, std::vector<torch::Tensor> w,
   TORCH_CHECK(w.size() == 15 && ints.size() == 16, "decode_layer: weights and sizes");
   const int64_t T = x.size(0), Hq = ints[12], Hkv = ints[13], D = ints[14];
   auto proj = [&](const torch::Tensor& in, int i) {
+    if (ints[3 * i] == 16) return vnni_linear(in.contiguous(), w[2 + 3 * i], false);
     return lanes_linear(in, w[2 + 3 * i], w[3 + 3 * i], w[4 + 3 * i], ints[3 * i],
                         ints[3 * i + 1], ints[3 * i + 2]);
   };

@@ -12,7 +12,8 @@ from quire.backends.cpu import decode_layer, native
 
 LANES = native.available() and native.module().lanes_supported()
 needs_lanes = pytest.mark.skipif(not LANES, reason="this CPU has no AVX-512 BF16: no layer "
-                                 "is lanes-packed, so none is fused (test_install_elsewhere)")
+                                 "is packed for quire's kernels, so none is fused "
+                                 "(test_install_elsewhere)")
 
 PROMPTS = ["one two three four five six", "the cache serves the same prefix", "hello world",
            "paris is the capital of", "a b c d e f g h i j k l m n o p"]
@@ -21,7 +22,8 @@ PARAMS = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=
 
 def _run(path, monkeypatch, fused, **kw):
     monkeypatch.setenv("QUIRE_CPU_FUSED_LAYER", "1" if fused else "0")
-    llm = LLM(path, quantization="int8", num_blocks=kw.pop("num_blocks", 128), **kw)
+    kw.setdefault("quantization", "int8")
+    llm = LLM(path, num_blocks=kw.pop("num_blocks", 128), **kw)
     layers = [m for m in llm.engine.executor.model.modules() if hasattr(m, "fast_path")]
     taken = []
     for layer in layers:
@@ -38,14 +40,17 @@ def _run(path, monkeypatch, fused, **kw):
 
 
 @needs_lanes
-@pytest.mark.parametrize("arch, dtype", [("llama", "bfloat16"), ("llama", "float32"),
-                                         ("qwen2", "bfloat16")])
-def test_bit_identical_to_the_module_path(model_factory, monkeypatch, arch, dtype):
+@pytest.mark.parametrize("arch, dtype, quantization", [
+    ("llama", "bfloat16", "int8"), ("llama", "float32", "int8"), ("qwen2", "bfloat16", "int8"),
+    ("llama", "bfloat16", None), ("qwen2", "bfloat16", None)])  # None: the bf16 GEMM
+def test_bit_identical_to_the_module_path(model_factory, monkeypatch, arch, dtype,
+                                          quantization):
     path = model_factory(arch, hidden_size=128, intermediate_size=256, num_heads=4,
                          num_kv_heads=2)
-    want, layers, taken, _ = _run(path, monkeypatch, False, dtype=dtype)
+    kw = {"dtype": dtype, "quantization": quantization}
+    want, layers, taken, _ = _run(path, monkeypatch, False, **dict(kw))
     assert all(layer.fast_path is None for layer in layers) and not taken
-    got, layers, taken, _ = _run(path, monkeypatch, True, dtype=dtype)
+    got, layers, taken, _ = _run(path, monkeypatch, True, **dict(kw))
     assert all(layer.fast_path is not None for layer in layers)
     assert any(taken) and not all(taken)  # decode steps fused; prefill steps not
     assert got == want
@@ -55,7 +60,10 @@ def test_bit_identical_to_the_module_path(model_factory, monkeypatch, arch, dtyp
 def test_speculative_rows_and_preemption(model_factory, monkeypatch):
     path = model_factory("llama", hidden_size=128, intermediate_size=256, num_heads=4,
                          num_kv_heads=2)
-    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2}
+    # (adaptive off: its back-off follows measured step times, so two runs could schedule
+    # differently)
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2,
+            "adaptive": False}
     # 12 blocks of 4 slots cannot hold five requests' ~30 tokens each at once.
     kw = {"speculative_config": spec, "num_blocks": 12, "block_size": 4}
     want, _, _, _ = _run(path, monkeypatch, False, **dict(kw))
@@ -65,12 +73,13 @@ def test_speculative_rows_and_preemption(model_factory, monkeypatch):
 
 
 def test_install_elsewhere(model_factory, monkeypatch):
-    # bf16 dense layers (no lanes packing), MoE layers and an 8-bit KV cache keep the module
-    # path; on CPUs without AVX-512 BF16 nothing is packed in lanes, so nothing is fused.
+    # float32 dense layers (oneDNN's), MoE layers and an 8-bit KV cache keep the module
+    # path; on CPUs without AVX-512 BF16 nothing is packed for quire's kernels, so nothing
+    # is fused.
     path = model_factory("llama", hidden_size=128, intermediate_size=256, num_heads=4,
                          num_kv_heads=2)
-    for kw in ({}, {"quantization": "int8", "kv_cache_dtype": "int8"},
-               *(({"quantization": "int8"},) if not LANES else ())):
+    for kw in ({"dtype": "float32"}, {"quantization": "int8", "kv_cache_dtype": "int8"},
+               *(({"quantization": "int8"}, {}) if not LANES else ())):
         llm = LLM(path, num_blocks=32, **kw)
         model = llm.engine.executor.model
         assert decode_layer.install(model) == 0
