@@ -7,8 +7,8 @@ Python, and each costs microseconds of dispatch that are not weight bytes (a cPr
 bundled model put about a third of a token's time there). decode_layer runs one Llama-family
 layer, for a step whose every row is a decode row, as the very same kernels in the very same
 order as the module path (rms_norm, lanes_linear or vnni_linear, rope_inplace, the KV write,
-paged_decode, silu_mul, the residual adds), so its results are bit-identical to that path's; it only stops
-returning to Python between them.
+paged_decode, silu_mul, the residual adds), so its results are bit-identical to that path's;
+it only stops returning to Python between them.
 """
 
 LAYER = r"""
