@@ -226,6 +226,64 @@ torch::Tensor lanes_dequantize(torch::Tensor qw, torch::Tensor scales, torch::Te
   return w;
 }
 
+// The weight transposed, float32 [K, 16 * tiles] (columns past n_out are the zero padding):
+// what a call with more rows than the lanes kernel takes multiplies, x @ W^T. One pass in
+// the packed order: a tile's k pair unpacks to its 16 outputs' values for both k at once.
+torch::Tensor lanes_dequantize_t(torch::Tensor qw, torch::Tensor scales, torch::Tensor mins,
+                                 int64_t bits, int64_t group) {
+  const int64_t tiles = scales.size(0), G = scales.size(1), K = G * group, ld = tiles * 16;
+  TORCH_CHECK(qw.numel() == tiles * K * bits * 2, "lanes_dequantize_t: packed weight size");
+  torch::Tensor s = scales.to(at::kFloat).contiguous();
+  torch::Tensor m = mins.numel() ? mins.to(at::kFloat).contiguous() : mins;
+  auto wt = torch::empty({K, ld}, scales.options().dtype(at::kFloat));
+  const uint8_t* q = qw.data_ptr<uint8_t>();
+  const float* sp = s.data_ptr<float>();
+  const float* mp = m.numel() ? m.data_ptr<float>() : nullptr;
+  float* out = wt.data_ptr<float>();
+#ifdef __AVX512BF16__
+  const __m512i table = _mm512_loadu_si512(lanes::TABLE);
+  const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  constexpr int RN = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t j = 0; j < G; ++j) {
+        const __m512 d = _mm512_loadu_ps(sp + (t * G + j) * 16);
+        const __m512 mn = mp ? _mm512_loadu_ps(mp + (t * G + j) * 16) : _mm512_setzero_ps();
+        // v: 32 bf16 words, (output o, parity p) at lane 2o + p, for inputs k and k + 1
+        auto put = [&](__m512i v, int64_t k) {
+          const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+          const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+          // q * d + min with two roundings, as the reference dequantizes (no fused FMA)
+          _mm512_storeu_ps(out + k * ld + t * 16,
+                           _mm512_add_round_ps(_mm512_mul_round_ps(even, d, RN), mn, RN));
+          _mm512_storeu_ps(out + (k + 1) * ld + t * 16,
+                           _mm512_add_round_ps(_mm512_mul_round_ps(odd, d, RN), mn, RN));
+        };
+        if (bits == 4) {
+          for (int64_t b = j * group / 8; b < (j + 1) * group / 8; ++b) {
+            const __m512i w = _mm512_loadu_si512(q + (t * (K / 8) + b) * 64);
+            for (int u = 0; u < 4; ++u)
+              put(_mm512_permutexvar_epi16(_mm512_srl_epi16(w, _mm_cvtsi32_si128(4 * u)), table),
+                  8 * b + 2 * u);
+          }
+        } else {
+          for (int64_t b = j * group / 2; b < (j + 1) * group / 2; ++b) {
+            const int8_t* src = reinterpret_cast<const int8_t*>(q) + (t * (K / 2) + b) * 32;
+            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16))));
+            put((__m512i)_mm512_cvtne2ps_pbh(hi, lo), 2 * b);
+          }
+        }
+      }
+  });
+#else
+  TORCH_CHECK(false, "lanes_dequantize_t: this build has no AVX-512 BF16");
+#endif
+  return wt;
+}
+
 // x [M, K] (bf16 or float32) times a lanes-packed weight -> [M, n_out] in x's dtype.
 torch::Tensor lanes_linear(torch::Tensor x, torch::Tensor qw, torch::Tensor scales,
                            torch::Tensor mins, int64_t bits, int64_t group, int64_t n_out) {

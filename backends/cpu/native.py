@@ -70,7 +70,8 @@ _KERNELS = LazyExtension("quire_cpu_kernels_v10", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",
-                          "lanes_dequantize", "decode_layer"],
+                          "lanes_dequantize", "lanes_dequantize_t",
+                          "decode_layer"],
                          "native CPU kernels (using the torch paths)")
 _load = _KERNELS.get
 

@@ -3,9 +3,10 @@ unpacked once per tile and multiplied into every row of a call with vdpbf16ps.
 
 repack() turns a QuantLinear's checkpoint layout (quire.models.quant.PackedWeight's: 4-bit
 nibbles in GGUF's order, or signed bytes) into this one, in place and at the same size
-(scales and mins reordered, N padded to whole tiles); dequantize() reads rows back (calls of
-more than ROWS rows, embedding lookups). Only where the native build has AVX-512 BF16
-(available()); elsewhere the rows kernel (quant_csrc.py) serves every layer.
+(scales and mins reordered, N padded to whole tiles); dequantize() reads rows back (embedding
+lookups), dequantize_t() the whole weight transposed (calls of more than ROWS rows). Only
+where the native build has AVX-512 BF16 (available()); elsewhere the rows kernel
+(quant_csrc.py) serves every layer.
 """
 
 from __future__ import annotations
@@ -88,3 +89,11 @@ def dequantize(layer: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
     return native.module().lanes_dequantize(layer.qweight, layer.scales, layer.mins,
                                             layer.bits, layer.group_size,
                                             ids.to(torch.int64).contiguous())
+
+
+def dequantize_t(layer: QuantLinear) -> torch.Tensor:
+    """The weight transposed, float32 [K, N] (a view of [K, 16 * tiles]), for calls of more
+    than ROWS rows: x @ dequantize_t(layer)."""
+    wt = native.module().lanes_dequantize_t(layer.qweight, layer.scales, layer.mins,
+                                            layer.bits, layer.group_size)
+    return wt[:, :layer.out_features]

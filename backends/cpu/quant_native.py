@@ -90,14 +90,15 @@ class CpuQuantKernel:
                 if x.dtype in (torch.bfloat16, torch.float32):  # (what the kernel takes)
                     return layer.lanes_call(x)
                 return layer.lanes_call(x.float()).to(x.dtype)
-        elif x.shape[0] <= FUSED_ROWS:  # (the kernel converts x and y itself)
+            return torch.mm(x.float(), quant_lanes.dequantize_t(layer)).to(x.dtype)
+        if x.shape[0] <= FUSED_ROWS:  # (the kernel converts x and y itself)
             return _load().quant_gemv(x, layer.qweight, layer.scales, layer.mins, layer.bits,
                                       layer.group_size, self.max_path, self.int8_activations)
         return F.linear(x.float(), self.dequantize(layer)).to(x.dtype)
 
     def dequantize(self, layer: QuantLinear) -> torch.Tensor:
         if layer.layout == quant_lanes.LAYOUT:
-            return quant_lanes.dequantize(layer, torch.arange(layer.out_features))
+            return quant_lanes.dequantize_t(layer).t()
         return _load().quant_dequantize(layer.qweight, layer.scales, layer.mins, layer.bits,
                                         layer.group_size, layer.in_features)
 

@@ -152,3 +152,17 @@ def test_layouts_it_does_not_take():
     layer = QuantLinear(8, 16, method)
     method.load_weights(layer, pw)
     assert not quant_lanes.supported(layer)
+
+
+@needs_lanes
+@pytest.mark.parametrize("qtype", FORMATS)
+def test_transposed_dequantize_for_many_rows(qtype):
+    # Calls of more than ROWS rows multiply x by the weight dequantized transposed.
+    pw = packed(qtype, 50, 512)
+    layer = prepared(pw)
+    wt = quant_lanes.dequantize_t(layer)
+    assert wt.shape == (512, 50)
+    np.testing.assert_array_equal(wt.t().numpy(), pw.dequantize())
+    x = torch.randn(quant_lanes.ROWS + 7, 512)
+    torch.testing.assert_close(layer(x), x @ torch.from_numpy(pw.dequantize()).T, rtol=1e-4,
+                               atol=1e-4)
