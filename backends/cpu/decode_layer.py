@@ -1,13 +1,14 @@
 """The cpu backend's fused decode layer: for a step whose every row is a decode row, a
-Llama-family layer whose projections are lanes-packed (quant_lanes.py) or on the bf16 GEMM
+Llama-family layer whose projections are packed weights (lanes layout, quant_lanes.py; or
+the rows kernel's, quant_native.py, on CPUs without AVX-512 BF16) or on the bf16 GEMM
 (linear.VnniLinear) runs as one native call (layer_csrc.py)
 instead of ~15 module calls from Python. The same kernels run in the same order, so the
 output is bit-identical to the module path's; any step or layer it does not cover takes
 that path (DecoderLayer.fast_path returns None).
 
 install() gives each eligible layer its fast path after the other cpu swaps (fused.py's
-elementwise modules, the lanes and bf16-GEMM packing), on CPUs with AVX-512 BF16 (where
-those layouts exist); QUIRE_CPU_FUSED_LAYER=0 leaves them all off.
+elementwise modules, the lanes and bf16-GEMM packing); QUIRE_CPU_FUSED_LAYER=0 leaves them
+all off.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import torch
 from torch import nn
 
-from quire.backends.cpu import native, quant_lanes
+from quire.backends.cpu import native, quant_lanes, quant_native
 from quire.backends.cpu.attention import CpuAttention
 from quire.backends.cpu.fused import NativeApplyRotary, NativeRMSNorm, NativeSiluAndMul
 from quire.backends.cpu.linear import VnniLinear
@@ -39,24 +40,30 @@ class FusedDecode:
         self.weights = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
         ints: list[int] = []
         none = torch.empty(0)
+        rows_call = (0, 0, 0)
         for p in projs:
-            if isinstance(p, VnniLinear):
+            kind = _kind(p)
+            if kind == _VNNI:
                 self.weights += [p.packed, none, none]
-                ints += [16, 0, p.out_features]
+                ints += [kind, 0, 0, p.out_features]
             else:
                 self.weights += [p.qweight, p.scales, p.mins]
-                ints += [p.bits, p.group_size, p.out_features]
+                ints += [kind, p.bits, p.group_size, p.out_features]
+            if kind == _ROWS:
+                rows_call = p.method.kernel.rows_call()
+        # The rows kernel takes up to FUSED_ROWS rows a call; the others up to lanes' ROWS.
+        self.max_rows = quant_native.FUSED_ROWS if _ROWS in ints[::4] else quant_lanes.ROWS
         bias = layer.qkv_proj.bias
         self.weights.append(torch.empty(0, dtype=self.dtype) if bias is None else bias)
         self.ints = ints + [layer.num_heads, layer.num_kv_heads, layer.head_size,
-                            self.attn.sliding_window or 0]
+                            self.attn.sliding_window or 0, *rows_call]
         self.eps = layer.input_layernorm.eps
         self.soft_cap = self.attn.soft_cap or 0.0
 
     def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                  kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor | None:
         cos, sin = rope
-        if x.shape[0] > quant_lanes.ROWS or x.dtype != self.dtype or x.dim() != 2 or \
+        if x.shape[0] > self.max_rows or x.dtype != self.dtype or x.dim() != 2 or \
                 x.stride(1) != 1 or cos.dtype != torch.float32 or \
                 cos.shape[-1] != self.head_size:
             return None
@@ -82,23 +89,41 @@ def eligible(layer: nn.Module) -> bool:
     return (all(type(n) is NativeRMSNorm for n in norms)
             and norms[0].weight.dtype in _DTYPES and norms[1].eps == norms[0].eps
             and type(layer.act) is NativeSiluAndMul and type(layer.rotary) is NativeApplyRotary
-            and all(_packed(p) for p in projs)
+            and _packed(projs)
             and all(p.bias is None for p in projs[1:])
             and isinstance(layer.attn, CpuAttention) and layer.attn.kv_quant is None)
 
 
-def _packed(p: nn.Module) -> bool:
-    """Lanes-packed with its inputs in order, or on the bf16 GEMM with whole panels (so the
-    module path's output needs no narrowing)."""
+_LANES, _VNNI, _ROWS = 0, 1, 2  # the projection kinds decode_layer takes
+
+
+def _kind(p: nn.Module) -> int | None:
+    """Lanes-packed, or on the rows kernel (inputs in order, either way); or on the bf16 GEMM
+    with whole panels (so the module path's output needs no narrowing); else None."""
     if type(p) is QuantLinear:
-        return p.layout == quant_lanes.LAYOUT and not p.perm.numel()
-    return type(p) is VnniLinear and not p.gated and p.out_features % 32 == 0
+        kernel = getattr(p.method, "kernel", None)
+        if p.perm.numel() or not isinstance(kernel, quant_native.CpuQuantKernel):
+            return None
+        if p.layout == quant_lanes.LAYOUT:
+            return _LANES
+        return _ROWS if p.layout == "" else None
+    if type(p) is VnniLinear and not p.gated and p.out_features % 32 == 0:
+        return _VNNI
+    return None
+
+
+def _packed(projs: list[nn.Module]) -> bool:
+    kinds = [_kind(p) for p in projs]
+    if any(k is None for k in kinds):
+        return False
+    calls = {p.method.kernel.rows_call() for p, k in zip(projs, kinds) if k == _ROWS}
+    return len(calls) <= 1  # one rows kernel setting per layer
 
 
 def install(model: nn.Module) -> int:
     """Give every eligible layer its fused decode path; returns how many got one."""
     if os.environ.get("QUIRE_CPU_FUSED_LAYER", "1") == "0" or not native.available() or \
-            not native.module().lanes_supported():
+            not quant_native.available():
         return 0
     count = 0
     for module in model.modules():

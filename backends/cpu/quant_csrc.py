@@ -251,6 +251,14 @@ torch::Tensor quant_dequantize(torch::Tensor qweight, torch::Tensor scales, torc
 
 // The path quant_gemv takes on this CPU: "avx512", "avx2" (AVX2 + FMA + F16C) or
 // "portable" (plain C++, any CPU).
+// quant_gemv's address, for the fused decode layer (layer_csrc.py), which is built into the
+// other extension and calls it through a pointer of this exact signature.
+int64_t quant_gemv_address() {
+  torch::Tensor (*fn)(torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, int64_t,
+                      int64_t, int64_t, bool) = &quant_gemv;
+  return reinterpret_cast<int64_t>(fn);
+}
+
 std::string quant_isa() {
   const int p = best_path();
   return p == 2 ? "avx512" : p == 1 ? "avx2" : "portable";

@@ -43,8 +43,8 @@ def _sources() -> list[str]:
 
 
 # No -march=native: the AVX2 functions carry target attributes and are chosen at run time.
-_KERNEL = LazyExtension("quire_cpu_quant_v11", _sources,
-                        ["quant_gemv", "quant_dequantize", "quant_isa"],
+_KERNEL = LazyExtension("quire_cpu_quant_v12", _sources,
+                        ["quant_gemv", "quant_dequantize", "quant_isa", "quant_gemv_address"],
                         "native quantized-matmul kernel (packed weights get dequantized at "
                         "load)", march_native=False)
 _load = _KERNEL.get
@@ -105,3 +105,8 @@ class CpuQuantKernel:
     def dequantize_rows(self, layer: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
         """Rows ids of a repacked layer (embedding lookups), float32."""
         return quant_lanes.dequantize(layer, ids)
+
+    def rows_call(self) -> tuple[int, int, int]:
+        """What the fused decode layer needs to call this kernel's rows path itself:
+        (quant_gemv's address, max_path, int8_activations)."""
+        return _load().quant_gemv_address(), self.max_path, int(self.int8_activations)

@@ -1,7 +1,8 @@
 """The cpu backend's fused decode layer (decode_layer.py, layer_csrc.py): greedy tokens and
-log-probabilities bit-identical to the module path it replaces, through prefill chunks
-(which take the module path), batches of decode rows, speculative verification rows and
-preemption; layers it does not cover keep the module path."""
+log-probabilities bit-identical to the module path it replaces, for each kind of projection
+(lanes-packed, the rows kernel's layout, the bf16 GEMM), through prefill chunks (which take
+the module path), batches of decode rows, speculative verification rows and preemption;
+layers it does not cover keep the module path."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ PROMPTS = ["one two three four five six", "the cache serves the same prefix", "h
 PARAMS = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=3)
 
 
-def _run(path, monkeypatch, fused, **kw):
+def _run(path, monkeypatch, fused, lanes=True, **kw):
     monkeypatch.setenv("QUIRE_CPU_FUSED_LAYER", "1" if fused else "0")
+    monkeypatch.setenv("QUIRE_CPU_QUANT_LANES", "1" if lanes else "0")
     kw.setdefault("quantization", "int8")
     llm = LLM(path, num_blocks=kw.pop("num_blocks", 128), **kw)
     layers = [m for m in llm.engine.executor.model.modules() if hasattr(m, "fast_path")]
@@ -39,6 +41,15 @@ def _run(path, monkeypatch, fused, **kw):
     return got, layers, taken, llm.engine.stats().num_preemptions
 
 
+def _check(path, monkeypatch, **kw):
+    want, layers, taken, _ = _run(path, monkeypatch, False, **dict(kw))
+    assert all(layer.fast_path is None for layer in layers) and not taken
+    got, layers, taken, _ = _run(path, monkeypatch, True, **dict(kw))
+    assert all(layer.fast_path is not None for layer in layers)
+    assert any(taken) and not all(taken)  # decode steps fused; prefill steps not
+    assert got == want
+
+
 @needs_lanes
 @pytest.mark.parametrize("arch, dtype, quantization", [
     ("llama", "bfloat16", "int8"), ("llama", "float32", "int8"), ("qwen2", "bfloat16", "int8"),
@@ -47,13 +58,15 @@ def test_bit_identical_to_the_module_path(model_factory, monkeypatch, arch, dtyp
                                           quantization):
     path = model_factory(arch, hidden_size=128, intermediate_size=256, num_heads=4,
                          num_kv_heads=2)
-    kw = {"dtype": dtype, "quantization": quantization}
-    want, layers, taken, _ = _run(path, monkeypatch, False, **dict(kw))
-    assert all(layer.fast_path is None for layer in layers) and not taken
-    got, layers, taken, _ = _run(path, monkeypatch, True, **dict(kw))
-    assert all(layer.fast_path is not None for layer in layers)
-    assert any(taken) and not all(taken)  # decode steps fused; prefill steps not
-    assert got == want
+    _check(path, monkeypatch, dtype=dtype, quantization=quantization)
+
+
+@pytest.mark.parametrize("arch, dtype", [("llama", "bfloat16"), ("qwen2", "float32")])
+def test_rows_kernel_layers_too(model_factory, monkeypatch, arch, dtype):
+    # The rows kernel's layout (every CPU; the only packed one without AVX-512 BF16).
+    path = model_factory(arch, hidden_size=128, intermediate_size=256, num_heads=4,
+                         num_kv_heads=2)
+    _check(path, monkeypatch, lanes=False, dtype=dtype)
 
 
 @needs_lanes
@@ -73,13 +86,12 @@ def test_speculative_rows_and_preemption(model_factory, monkeypatch):
 
 
 def test_install_elsewhere(model_factory, monkeypatch):
-    # float32 dense layers (oneDNN's), MoE layers and an 8-bit KV cache keep the module
-    # path; on CPUs without AVX-512 BF16 nothing is packed for quire's kernels, so nothing
-    # is fused.
+    # float32 dense layers (oneDNN's), bf16 dense ones without quire's bf16 GEMM, MoE layers
+    # and an 8-bit KV cache keep the module path.
     path = model_factory("llama", hidden_size=128, intermediate_size=256, num_heads=4,
                          num_kv_heads=2)
     for kw in ({"dtype": "float32"}, {"quantization": "int8", "kv_cache_dtype": "int8"},
-               *(({"quantization": "int8"}, {}) if not LANES else ())):
+               *(({},) if not LANES else ())):
         llm = LLM(path, num_blocks=32, **kw)
         model = llm.engine.executor.model
         assert decode_layer.install(model) == 0
