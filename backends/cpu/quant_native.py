@@ -4,7 +4,7 @@
   at load (prepare()) with 16 outputs across the vector lanes; a call of up to
   quant_lanes.ROWS rows unpacks each weight tile once to bf16 and runs vdpbf16ps for every
   row (exact against the dequantized weights for bf16 rows; float32 rows go in as two bf16
-  parts). 2-2.5x the rows kernel at one row on the bundled model's shapes, and extra rows
+  parts). 1.4-1.9x the rows kernel at one row on the bundled model's shapes, and extra rows
   cost only their multiply-adds (benchmarks/QUANTIZATION.md);
 - rows (sources in quant_csrc.py; every other CPU):
   decode rows (up to FUSED_ROWS) through a fused dequantize-dot that streams the packed
