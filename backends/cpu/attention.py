@@ -62,6 +62,16 @@ class _Plan:
     native: bool  # decode rows go to the native kernel
 
 
+def _all_native_rows(plan: _Plan, num_tokens: int) -> _DecodeRows | None:
+    """plan's decode rows when they are every token of the step, in order, for the native
+    kernel; else None."""
+    rows = plan.decode_rows
+    if rows is not None and plan.native and not plan.prefills and \
+            len(rows.token_idx) == num_tokens:
+        return rows
+    return None
+
+
 class CpuAttention(AttentionImpl):
     kv_quant_dtypes = KV_QUANT_DTYPES
 
@@ -87,18 +97,13 @@ class CpuAttention(AttentionImpl):
                            num_tokens: int) -> _DecodeRows | None:
         """The native kernel's rows when every token of the step is a decode row, in order
         (no padding, no prefill); else None."""
-        plan = self._plan(kv_cache, metadata)
-        rows = plan.decode_rows
-        if rows is not None and plan.native and not plan.prefills and \
-                len(rows.token_idx) == num_tokens:
-            return rows
-        return None
+        return _all_native_rows(self._plan(kv_cache, metadata), num_tokens)
 
     def forward(self, query: torch.Tensor, kv_cache: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
         workspace = metadata.workspace or Workspace()
         plan = self._plan(kv_cache, metadata)
-        rows = self.native_decode_rows(kv_cache, metadata, query.shape[0])
+        rows = _all_native_rows(plan, query.shape[0])
         if rows is not None:  # no gather/scatter
             return native.paged_decode(query, kv_cache[0], kv_cache[1], rows.block_tables,
                                        rows.seq_lens, self.scale, self.sliding_window,

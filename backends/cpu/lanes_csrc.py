@@ -182,26 +182,40 @@ bool lanes_supported() {
 #endif
 }
 
+// A lanes-packed weight as the dequantizers read it: sizes, and scales / mins as float32.
+struct Weight {
+  torch::Tensor s, m;
+  int64_t tiles, G, K;
+  const uint8_t* q;
+  const float *sp, *mp;
+  Weight(const torch::Tensor& qw, const torch::Tensor& scales, const torch::Tensor& mins,
+         int64_t bits, int64_t group)
+      : s(scales.to(at::kFloat).contiguous()),
+        m(mins.numel() ? mins.to(at::kFloat).contiguous() : mins),
+        tiles(scales.size(0)), G(scales.size(1)), K(G * group), q(qw.data_ptr<uint8_t>()),
+        sp(s.data_ptr<float>()), mp(m.numel() ? m.data_ptr<float>() : nullptr) {
+    TORCH_CHECK(qw.numel() == tiles * K * bits * 2, "lanes: packed weight size");
+  }
+};
+
 // Rows ids of the weight as float32 [len(ids), K] (calls with more rows than the kernel
 // takes; embedding lookups).
 torch::Tensor lanes_dequantize(torch::Tensor qw, torch::Tensor scales, torch::Tensor mins,
                                int64_t bits, int64_t group, torch::Tensor ids) {
   TORCH_CHECK(ids.dim() == 1 && ids.scalar_type() == at::kLong, "lanes_dequantize: ids");
-  const int64_t n_out = ids.size(0);
+  const Weight wt(qw, scales, mins, bits, group);
+  const int64_t n_out = ids.size(0), tiles = wt.tiles, G = wt.G, K = wt.K;
+  TORCH_CHECK(n_out == 0 || (ids.min().item<int64_t>() >= 0 &&
+                             ids.max().item<int64_t>() < tiles * 16),
+              "lanes_dequantize: row id out of range");
   const int64_t* id = ids.data_ptr<int64_t>();
-  const int64_t tiles = scales.size(0), G = scales.size(1), K = G * group;
-  TORCH_CHECK(qw.numel() == tiles * K * bits * 2, "lanes_dequantize: packed weight size");
-  torch::Tensor s = scales.to(at::kFloat).contiguous();
-  torch::Tensor m = mins.numel() ? mins.to(at::kFloat).contiguous() : mins;
   auto w = torch::empty({n_out, K}, scales.options().dtype(at::kFloat));
-  const uint8_t* q = qw.data_ptr<uint8_t>();
-  const float* sp = s.data_ptr<float>();
-  const float* mp = m.numel() ? m.data_ptr<float>() : nullptr;
+  const uint8_t* q = wt.q;
+  const float *sp = wt.sp, *mp = wt.mp;
   float* out = w.data_ptr<float>();
   at::parallel_for(0, n_out, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t i = n0; i < n1; ++i) {
       const int64_t n = id[i], t = n / 16, o = n % 16;
-      TORCH_CHECK(n >= 0 && n < tiles * 16, "lanes_dequantize: row id out of range");
       float* row = out + i * K;
       for (int64_t j = 0; j < G; ++j) {
         const int64_t idx = (t * G + j) * 16 + o;
@@ -231,15 +245,12 @@ torch::Tensor lanes_dequantize(torch::Tensor qw, torch::Tensor scales, torch::Te
 // the packed order: a tile's k pair unpacks to its 16 outputs' values for both k at once.
 torch::Tensor lanes_dequantize_t(torch::Tensor qw, torch::Tensor scales, torch::Tensor mins,
                                  int64_t bits, int64_t group) {
-  const int64_t tiles = scales.size(0), G = scales.size(1), K = G * group, ld = tiles * 16;
-  TORCH_CHECK(qw.numel() == tiles * K * bits * 2, "lanes_dequantize_t: packed weight size");
-  torch::Tensor s = scales.to(at::kFloat).contiguous();
-  torch::Tensor m = mins.numel() ? mins.to(at::kFloat).contiguous() : mins;
-  auto wt = torch::empty({K, ld}, scales.options().dtype(at::kFloat));
-  const uint8_t* q = qw.data_ptr<uint8_t>();
-  const float* sp = s.data_ptr<float>();
-  const float* mp = m.numel() ? m.data_ptr<float>() : nullptr;
-  float* out = wt.data_ptr<float>();
+  const Weight wt(qw, scales, mins, bits, group);
+  const int64_t tiles = wt.tiles, G = wt.G, K = wt.K, ld = tiles * 16;
+  auto result = torch::empty({K, ld}, scales.options().dtype(at::kFloat));
+  const uint8_t* q = wt.q;
+  const float *sp = wt.sp, *mp = wt.mp;
+  float* out = result.data_ptr<float>();
 #ifdef __AVX512BF16__
   const __m512i table = _mm512_loadu_si512(lanes::TABLE);
   const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
@@ -281,7 +292,7 @@ torch::Tensor lanes_dequantize_t(torch::Tensor qw, torch::Tensor scales, torch::
 #else
   TORCH_CHECK(false, "lanes_dequantize_t: this build has no AVX-512 BF16");
 #endif
-  return wt;
+  return result;
 }
 
 // x [M, K] (bf16 or float32) times a lanes-packed weight -> [M, n_out] in x's dtype.
