@@ -34,7 +34,8 @@ class EngineConfig:
         backend has a kernel for it (a GGUF file's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors stay
         packed on the cpu backend); "none": dequantize everything at load; "int8":
         quantize a dense checkpoint's projections, embedding and head to 8 bits (one scale
-        per group of 32) at load; another name ("gguf", or a plugin's method) requires
+        per group of 32) at load (the tpu backend: its layer projections, one scale per
+        output channel, for TPU's int8 matmul); another name ("gguf", or a plugin's method) requires
         that method.
     speculative_config: speculative decoding, as vLLM takes it: a dict (or its JSON text)
         such as {"method": "ngram", "num_speculative_tokens": 4}, or a SpeculativeConfig;

@@ -85,10 +85,11 @@ class TpuExecutor(Executor):
         from quire.models.checkpoint import open_checkpoint
         from quire.models.hf_quant import check_requested, quant_method
 
-        if self.config.quantization not in (None, "none", "gguf", "gptq", "awq"):
+        if self.config.quantization not in (None, "none", "gguf", "gptq", "awq", "int8"):
             raise ValueError(f"quantization {self.config.quantization!r} is not available on "
-                             "the tpu backend, which dequantizes quantized checkpoints at load; "
-                             "use a torch-family backend such as --backend cpu")
+                             "the tpu backend, which serves GGUF, GPTQ and AWQ checkpoints "
+                             "and --quantization int8 / none; use a torch-family backend "
+                             "such as --backend cpu")
         start = time.perf_counter()
         # GGUF, GPTQ and AWQ weights stay quantized in the params pytree (model.QuantMatrix)
         # unless --quantization none.
@@ -109,6 +110,13 @@ class TpuExecutor(Executor):
         cfg = parse_arch_config(raw, arch)
         dtype = resolve_dtype(dtype, cfg.torch_dtype, self.capabilities())
         self.params = llama.load_params(cfg, weights, JAX_DTYPES[dtype])
+        if self.config.quantization == "int8":  # TPU's native int8 matmul (int8.py)
+            from quire.backends.tpu.int8 import activations_quantized, quantize_params
+
+            self.params, nbytes = quantize_params(self.params)
+            logger.info("--quantization int8: layer projections in int8 (%.1f MiB), "
+                        "activations %s", nbytes / 2**20,
+                        "int8 per token" if activations_quantized() else "not quantized")
         if self.mesh is not None:
             from quire.backends.tpu.sharding import shard_params
 

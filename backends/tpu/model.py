@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quire.backends.tpu.int8 import Int8Matrix, int8_linear
 from quire.models.config import ModelArchConfig
 from quire.models.quant import PackedExperts, PackedWeight, concat_rows
 from quire.models.rope import RopeSpec, rope_spec
@@ -83,9 +84,12 @@ class QuantMatrix:
         return self.rows(jnp.arange(self.qweight.shape[0]), dtype, stored_order=True)
 
 
-def linear(x: jax.Array, w: jax.Array | QuantMatrix) -> jax.Array:
+def linear(x: jax.Array, w: jax.Array | QuantMatrix | Int8Matrix) -> jax.Array:
     """x [T, K] times a layer's weight: dense ones are stored input-major [K, N], quantized
-    ones output-major [N, K] (act-order ones with x's columns gathered into their order)."""
+    ones output-major [N, K] (act-order ones with x's columns gathered into their order),
+    --quantization int8's input-major with column scales (int8.py)."""
+    if isinstance(w, Int8Matrix):
+        return int8_linear(x, w)
     if isinstance(w, QuantMatrix):
         if w.perm is not None:
             x = jnp.take(x, w.perm, axis=-1)

@@ -18,6 +18,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from quire.backends.tpu.int8 import Int8Matrix
+
 AXIS = "model"
 # Which dimension of a layer's parameter splits (by its fused name).
 _SPLIT_DIM = {
@@ -45,10 +47,14 @@ def _spec(x: Any, dim: int | None, size: int) -> P:
 
 
 def shard_params(params: dict, mesh: Mesh) -> dict:
-    """The params pytree placed on the mesh (quantized matrices replicated)."""
+    """The params pytree placed on the mesh (GGUF / GPTQ / AWQ matrices replicated,
+    int8 ones split like dense)."""
     n = mesh.shape[AXIS]
 
     def put(x: Any, dim: int | None) -> Any:
+        if isinstance(x, Int8Matrix):  # [K, N] split as dense; column scales with columns
+            return Int8Matrix(put(x.qweight, dim), put(x.scales, 0 if dim == 1 else None),
+                              x.int8_activations)
         if not isinstance(x, jax.Array):  # a QuantMatrix: replicated, whole
             return jax.device_put(x, NamedSharding(mesh, P()))
         return jax.device_put(x, NamedSharding(mesh, _spec(x, dim, n)))

@@ -19,13 +19,14 @@ models = json.loads(sys.argv[1])
 params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 prompts = ["Hello world", "the scheduler serves paged attention blocks to every request", "a"]
 kw = dict(backend="tpu", dtype="float32", block_size=16, num_blocks=32,
-          max_num_batched_tokens=64)
+          max_num_batched_tokens=64, **json.loads(sys.argv[2]))
 out = {}
 for name, path in models.items():
     one = LLM(path, **kw).generate(prompts, params, use_tqdm=False)
     llm = LLM(path, tensor_parallel_size=2, **kw)
     two = llm.generate(prompts, params, use_tqdm=False)
-    spec = str(llm.engine.executor.params["layers"][0]["o_proj.weight"].sharding.spec)
+    o_proj = llm.engine.executor.params["layers"][0]["o_proj.weight"]
+    spec = str(getattr(o_proj, "qweight", o_proj).sharding.spec)
     out[name] = {"one": [o.outputs[0].token_ids for o in one],
                  "two": [o.outputs[0].token_ids for o in two], "spec": spec}
 try:
@@ -36,11 +37,11 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _run(models: dict[str, str], attention: str) -> dict:
+def _run(models: dict[str, str], attention: str, env_extra: dict | None = None, **kw) -> dict:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "QUIRE_TPU_ATTENTION": attention}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(models)], env=env,
-                          capture_output=True, text=True, timeout=900)
+           "QUIRE_TPU_ATTENTION": attention, **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(models), json.dumps(kw)],
+                          env=env, capture_output=True, text=True, timeout=900)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     return json.loads(lines[0][len("RESULT "):])
@@ -57,3 +58,14 @@ def test_two_device_mesh_greedy_equals_one_device(model_factory, attention, arch
         assert "model" in out[arch]["spec"]  # o_proj rows really split over the mesh
     assert "needs 4 JAX devices" in out["too_many"]
     assert "xla_force_host_platform_device_count=4" in out["too_many"]
+
+
+def test_int8_weights_split_like_dense(model_factory):
+    """--quantization int8 with int8 activations (the MXU's int8 x int8 matmul) on the
+    mesh: the int8 matrices split by columns / rows like dense ones, a row-parallel one's
+    per-token scale taken over the whole row and its int32 partial sums reduced exactly;
+    greedy tokens equal one device's."""
+    out = _run({"llama": model_factory("llama")}, "reference",
+               {"QUIRE_TPU_INT8_ACTIVATIONS": "1"}, quantization="int8")
+    assert out["llama"]["two"] == out["llama"]["one"]
+    assert "model" in out["llama"]["spec"]
