@@ -24,6 +24,7 @@ from quire.backends.cpu.fused import NativeApplyRotary, NativeRMSNorm, NativeSil
 from quire.backends.cpu.linear import VnniLinear
 from quire.backends.torch.attention import AttentionMetadata
 from quire.backends.torch.models.llama import DecoderLayer
+from quire.backends.torch.parallel import RowParallel
 from quire.backends.torch.quantization import QuantLinear
 
 _DTYPES = (torch.bfloat16, torch.float32)
@@ -33,7 +34,11 @@ class FusedDecode:
     """One layer's fast path (DecoderLayer.fast_path)."""
 
     def __init__(self, layer: DecoderLayer) -> None:
-        projs = [layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj]
+        projs = [_inner(p) for p in _projections(layer)]
+        # Tensor parallelism: o and down are RowParallel; their communicator's all-reduce
+        # runs at the same two points of the fused call (eligible() checked they share it).
+        self.all_reduce = layer.o_proj.comm.all_reduce \
+            if isinstance(layer.o_proj, RowParallel) else None
         self.attn: CpuAttention = layer.attn
         self.dtype = layer.input_layernorm.weight.dtype
         self.head_size = layer.head_size
@@ -73,18 +78,24 @@ class FusedDecode:
         return native.module().decode_layer(
             x, self.weights, self.ints, self.eps, self.attn.scale, self.soft_cap,
             cos.contiguous(), sin.contiguous(), kv_cache, md.slot_mapping, rows.block_tables,
-            rows.seq_lens)
+            rows.seq_lens, self.all_reduce)
 
 
 def eligible(layer: nn.Module) -> bool:
     """A dense (not MoE) Llama-family layer without q/k norms or sandwich norms, whose norms,
     activation and rotary are the native ones, whose four projections are packed (_packed;
-    only qkv may have a bias), and whose attention is the cpu backend's with a
-    full-precision cache."""
+    only qkv may have a bias; under tensor parallelism o and down wrapped in RowParallel with
+    one communicator), and whose attention is the cpu backend's with a full-precision
+    cache."""
     if not isinstance(layer, DecoderLayer) or layer.sandwich or layer.q_norm is not None or \
             not hasattr(layer, "gate_up_proj"):
         return False
-    projs = [layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj]
+    projs = _projections(layer)
+    if isinstance(projs[1], RowParallel) or isinstance(projs[3], RowParallel):
+        if not (isinstance(projs[1], RowParallel) and isinstance(projs[3], RowParallel)
+                and projs[1].comm is projs[3].comm):
+            return False
+    projs = [_inner(p) for p in projs]
     norms = [layer.input_layernorm, layer.post_attention_layernorm]
     return (all(type(n) is NativeRMSNorm for n in norms)
             and norms[0].weight.dtype in _DTYPES and norms[1].eps == norms[0].eps
@@ -95,6 +106,15 @@ def eligible(layer: nn.Module) -> bool:
 
 
 _LANES, _VNNI, _ROWS = 0, 1, 2  # the projection kinds decode_layer takes
+
+
+def _projections(layer: DecoderLayer) -> list[nn.Module]:
+    return [layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj]
+
+
+def _inner(p: nn.Module) -> nn.Module:
+    """A RowParallel's own projection (its partial sum is what the kernel computes)."""
+    return p.inner if isinstance(p, RowParallel) else p
 
 
 def _kind(p: nn.Module) -> int | None:

@@ -9,7 +9,8 @@ layer, for a step whose every row is a decode row, as the very same kernels in t
 order as the module path (rms_norm, the projections' kernels -- lanes_linear, vnni_linear or
 the rows kernel's quant_gemv --, rope_inplace, the KV write, paged_decode, silu_mul, the
 residual adds), so its results are bit-identical to that path's;
-it only stops returning to Python between them.
+it only stops returning to Python between them. Under tensor parallelism it returns to
+Python twice, for the all-reduces of the o and down projections' partial sums.
 """
 
 LAYER = r"""
@@ -22,12 +23,15 @@ using RowsKernel = torch::Tensor (*)(torch::Tensor, torch::Tensor, torch::Tensor
 // -, -; n_out whole panels), 2: the rows kernel (qweight, scales, mins) --, then Hq, Hkv, D,
 // sliding window, then the rows kernel's (address of quant_gemv, max_path, int8
 // activations); cos, sin [T, D] fp32; kv_cache [2, N, S, Hkv, D]; slots [T] int64;
-// block_tables [T, B] int32; seq_lens [T] int32.
+// block_tables [T, B] int32; seq_lens [T] int32. all_reduce: None, or (tensor parallelism)
+// the Python callable that sums the o and down projections' partial outputs over the ranks
+// in place (the module path's RowParallel, called at the same two points).
 torch::Tensor decode_layer(torch::Tensor x, std::vector<torch::Tensor> w,
                            std::vector<int64_t> ints, double eps, double scale,
                            double soft_cap, torch::Tensor cos, torch::Tensor sin,
                            torch::Tensor kv_cache, torch::Tensor slots,
-                           torch::Tensor block_tables, torch::Tensor seq_lens) {
+                           torch::Tensor block_tables, torch::Tensor seq_lens,
+                           py::object all_reduce) {
   TORCH_CHECK(w.size() == 15 && ints.size() == 23, "decode_layer: weights and sizes");
   const int64_t T = x.size(0), Hq = ints[16], Hkv = ints[17], D = ints[18];
   const RowsKernel rows_kernel = reinterpret_cast<RowsKernel>(ints[20]);
@@ -41,6 +45,10 @@ torch::Tensor decode_layer(torch::Tensor x, std::vector<torch::Tensor> w,
     }
     return lanes_linear(in, a, b, c, p[1], p[2], p[3]);
   };
+  auto reduced = [&](torch::Tensor partial) {
+    if (all_reduce.is_none()) return partial;
+    return all_reduce(partial).cast<torch::Tensor>();
+  };
   torch::Tensor qkv = proj(rms_norm(x, w[0], eps), 0);
   if (w[14].numel()) qkv = qkv + w[14];
   const int64_t qs = Hq * D, ks = Hkv * D;
@@ -53,7 +61,7 @@ torch::Tensor decode_layer(torch::Tensor x, std::vector<torch::Tensor> w,
   flat[1].index_copy_(0, slots, v);
   torch::Tensor attn = paged_decode(q.contiguous(), kv_cache[0], kv_cache[1], block_tables,
                                     seq_lens, scale, ints[19], soft_cap, 0);
-  x = x + proj(attn.reshape({T, -1}), 1);
-  return x + proj(silu_mul(proj(rms_norm(x, w[1], eps), 2)), 3);
+  x = x + reduced(proj(attn.reshape({T, -1}), 1));
+  return x + reduced(proj(silu_mul(proj(rms_norm(x, w[1], eps), 2)), 3));
 }
 """

@@ -26,7 +26,9 @@ def _run(path, monkeypatch, fused, lanes=True, **kw):
     monkeypatch.setenv("QUIRE_CPU_QUANT_LANES", "1" if lanes else "0")
     kw.setdefault("quantization", "int8")
     llm = LLM(path, num_blocks=kw.pop("num_blocks", 128), **kw)
-    layers = [m for m in llm.engine.executor.model.modules() if hasattr(m, "fast_path")]
+    executor = llm.engine.executor  # (tensor parallelism: rank 0, in this process)
+    layers = [m for m in getattr(executor, "driver", executor).model.modules()
+              if hasattr(m, "fast_path")]
     taken = []
     for layer in layers:
         if layer.fast_path is not None:  # count the steps that took the fused path
@@ -35,10 +37,14 @@ def _run(path, monkeypatch, fused, lanes=True, **kw):
                 taken.append(out is not None)
                 return out
             layer.fast_path = spy
-    outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    try:
+        outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+        preemptions = llm.engine.stats().num_preemptions
+    finally:
+        llm.engine.shutdown()  # (tensor parallelism: the workers and the process group)
     got = [(o.outputs[0].token_ids, [sorted(d.items()) for d in o.outputs[0].logprobs])
            for o in outs]
-    return got, layers, taken, llm.engine.stats().num_preemptions
+    return got, layers, taken, preemptions
 
 
 def _check(path, monkeypatch, **kw):
@@ -83,6 +89,19 @@ def test_speculative_rows_and_preemption(model_factory, monkeypatch):
     got, _, taken, preemptions = _run(path, monkeypatch, True, **dict(kw))
     assert any(taken) and preemptions > 0
     assert got == want
+
+
+@pytest.mark.parametrize("quantization", [None, "int8"])
+def test_tensor_parallel_layers_too(model_factory, monkeypatch, quantization):
+    """TP=2 (the multi-process executor): o and down are RowParallel; the fused call hands
+    their partial sums to the communicator's all-reduce at the same points, so both ranks'
+    fused layers give the module path's tokens and log-probabilities bit for bit."""
+    if not LANES and quantization is None:
+        pytest.skip("this CPU has no AVX-512 BF16: bf16 layers are not on quire's GEMM")
+    path = model_factory("llama", hidden_size=128, intermediate_size=256, num_heads=4,
+                         num_kv_heads=2)
+    kw = {"dtype": "bfloat16", "tensor_parallel_size": 2, "lanes": LANES}
+    _check(path, monkeypatch, quantization=quantization, **kw)
 
 
 def test_install_elsewhere(model_factory, monkeypatch):
