@@ -28,6 +28,9 @@ from quire.backends.torch.parallel import RowParallel
 from quire.backends.torch.quantization import QuantLinear
 
 _DTYPES = (torch.bfloat16, torch.float32)
+# Decode steps of up to this many rows run fused (a larger batch takes the module path, where
+# Python's per-call cost is a small share of the step).
+MAX_ROWS = 256
 
 
 class FusedDecode:
@@ -56,8 +59,8 @@ class FusedDecode:
                 ints += [kind, p.bits, p.group_size, p.out_features]
             if kind == _ROWS:
                 rows_call = p.method.kernel.rows_call()
-        # The rows kernel takes up to FUSED_ROWS rows a call; the others up to lanes' ROWS.
-        self.max_rows = quant_native.FUSED_ROWS if _ROWS in ints[::4] else quant_lanes.ROWS
+        # The rows kernel takes up to FUSED_ROWS rows a call; the others any number.
+        self.max_rows = quant_native.FUSED_ROWS if _ROWS in ints[::4] else MAX_ROWS
         bias = layer.qkv_proj.bias
         self.weights.append(torch.empty(0, dtype=self.dtype) if bias is None else bias)
         self.ints = ints + [layer.num_heads, layer.num_kv_heads, layer.head_size,

@@ -49,6 +49,23 @@ static inline __m512bh bcast_pair(const uint16_t* x) {
   return (__m512bh)_mm512_set1_epi32(pair);
 }
 
+// One 64-byte load of a 4-bit tile -> its four vdpbf16ps operands (exact bf16 values).
+static inline void unpack4(__m512i w, __m512i table, __m512bh v[4]) {
+  v[0] = (__m512bh)_mm512_permutexvar_epi16(w, table);
+  v[1] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), table);
+  v[2] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 8), table);
+  v[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 12), table);
+}
+
+// 32 signed bytes of an 8-bit tile (one k pair of its 16 outputs) -> one operand.
+static inline __m512bh unpack8(const int8_t* src) {
+  const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+  const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16))));
+  return _mm512_cvtne2ps_pbh(hi, lo);
+}
+
 struct Args {
   const uint8_t* qw;      // packed weights
   const void* scales;     // [T][G][16]
@@ -61,9 +78,11 @@ struct Args {
   uint16_t* yb;           // [M][N] bf16 out
 };
 
-// Rows r0..r0+R, tiles t0..t0+T.
-template <int BITS, bool SPLIT, bool HALF, int R, int T>
-static void block(const Args& a, int64_t r0, int64_t t0) {
+// Rows r0..r0+R, tiles t0..t0+T. With SCR the tiles come unpacked (unpack(): scr holds
+// tile t0's bf16 operands, the next tile's after them) instead of being unpacked here; the
+// operands are the same values and every row runs the same operations either way.
+template <int BITS, bool SPLIT, bool HALF, int R, int T, bool SCR = false>
+static void block(const Args& a, int64_t r0, int64_t t0, const uint16_t* scr = nullptr) {
   __m512 acc[R][T], gacc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
@@ -80,12 +99,13 @@ static void block(const Args& a, int64_t r0, int64_t t0) {
         const int64_t k = k0 + 8 * b;
 #pragma GCC unroll 4
         for (int t = 0; t < T; ++t) {
-          const __m512i w = _mm512_loadu_si512(a.qw + (t0 + t) * tile_bytes + k * 8);
           __m512bh v[4];
-          v[0] = (__m512bh)_mm512_permutexvar_epi16(w, table);
-          v[1] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), table);
-          v[2] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 8), table);
-          v[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(w, 12), table);
+          if (SCR) {
+            const uint16_t* u16 = scr + (t * (K / 8) + k / 8) * 128;
+            for (int u = 0; u < 4; ++u) v[u] = (__m512bh)_mm512_loadu_si512(u16 + 32 * u);
+          } else {
+            unpack4(_mm512_loadu_si512(a.qw + (t0 + t) * tile_bytes + k * 8), table, v);
+          }
 #pragma GCC unroll 4
           for (int r = 0; r < R; ++r) {
             const uint16_t* xh = a.xh + (r0 + r) * K + k;
@@ -104,13 +124,9 @@ static void block(const Args& a, int64_t r0, int64_t t0) {
         const int64_t k = k0 + 2 * b;
 #pragma GCC unroll 4
         for (int t = 0; t < T; ++t) {
-          const int8_t* src = reinterpret_cast<const int8_t*>(a.qw) + (t0 + t) * tile_bytes +
-                              k * 16;
-          const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
-          const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16))));
-          const __m512bh v = _mm512_cvtne2ps_pbh(hi, lo);
+          const __m512bh v = SCR
+              ? (__m512bh)_mm512_loadu_si512(scr + (t * (K / 2) + k / 2) * 32)
+              : unpack8(reinterpret_cast<const int8_t*>(a.qw) + (t0 + t) * tile_bytes + k * 16);
 #pragma GCC unroll 4
           for (int r = 0; r < R; ++r) {
             gacc[r][t] = _mm512_dpbf16_ps(gacc[r][t], bcast_pair(a.xh + (r0 + r) * K + k), v);
@@ -157,9 +173,53 @@ static void rows(const Args& a, int64_t r0, int64_t t0, int64_t t1) {
   for (; t < t1; ++t) block<BITS, SPLIT, HALF, R, 1>(a, r0, t);
 }
 
+// Tile t unpacked into dst: K * 16 bf16 operands, in the order block<..., SCR> reads them.
+template <int BITS>
+static void unpack(const Args& a, int64_t t, uint16_t* dst) {
+  const int64_t K = a.K, tile_bytes = BITS == 4 ? K / 2 * 16 : K * 16;
+  const uint8_t* src = a.qw + t * tile_bytes;
+  if (BITS == 4) {
+    const __m512i table = _mm512_loadu_si512(TABLE);
+    for (int64_t b = 0; b < K / 8; ++b) {
+      __m512bh v[4];
+      unpack4(_mm512_loadu_si512(src + b * 64), table, v);
+      for (int u = 0; u < 4; ++u) _mm512_storeu_si512(dst + (4 * b + u) * 32, (__m512i)v[u]);
+    }
+  } else {
+    for (int64_t b = 0; b < K / 2; ++b)
+      _mm512_storeu_si512(dst + b * 32,
+                          (__m512i)unpack8(reinterpret_cast<const int8_t*>(src) + b * 32));
+  }
+}
+
+// Every row against tiles t..t+T, unpacked once into scr.
+template <int BITS, bool SPLIT, bool HALF, int T>
+static void unpacked_rows(const Args& a, int64_t M, int64_t t, uint16_t* scr) {
+  for (int i = 0; i < T; ++i) unpack<BITS>(a, t + i, scr + i * a.K * 16);
+  int64_t r = 0;
+  for (; r + 4 <= M; r += 4) block<BITS, SPLIT, HALF, 4, T, true>(a, r, t, scr);
+  switch (M - r) {
+    case 3: block<BITS, SPLIT, HALF, 3, T, true>(a, r, t, scr); break;
+    case 2: block<BITS, SPLIT, HALF, 2, T, true>(a, r, t, scr); break;
+    case 1: block<BITS, SPLIT, HALF, 1, T, true>(a, r, t, scr); break;
+    default: break;
+  }
+}
+
+// Calls of more than UNPACK_ROWS rows unpack each tile once (to L1/L2) instead of once per
+// block of 4 rows: prefill chunks and large batches run at the multiply-adds' pace.
+constexpr int64_t UNPACK_ROWS = 4;
+
 template <int BITS, bool SPLIT, bool HALF>
 static void run(const Args& a, int64_t M, int64_t tiles) {
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    if (M > UNPACK_ROWS) {
+      std::vector<uint16_t> scr(2 * a.K * 16);
+      int64_t t = t0;
+      for (; t + 2 <= t1; t += 2) unpacked_rows<BITS, SPLIT, HALF, 2>(a, M, t, scr.data());
+      if (t < t1) unpacked_rows<BITS, SPLIT, HALF, 1>(a, M, t, scr.data());
+      return;
+    }
     int64_t r = 0;
     for (; r + 4 <= M; r += 4) rows<BITS, SPLIT, HALF, 4>(a, r, t0, t1);
     switch (M - r) {

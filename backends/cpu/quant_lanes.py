@@ -4,7 +4,7 @@ unpacked once per tile and multiplied into every row of a call with vdpbf16ps.
 repack() turns a QuantLinear's checkpoint layout (quire.models.quant.PackedWeight's: 4-bit
 nibbles in GGUF's order, or signed bytes) into this one, in place and at the same size
 (scales and mins reordered, N padded to whole tiles); dequantize() reads rows back (embedding
-lookups), dequantize_t() the whole weight transposed (calls of more than ROWS rows). Only
+lookups), dequantize_t() the whole weight transposed (QuantKernel.dequantize). Only
 where the native build has AVX-512 BF16 (available()); elsewhere the rows kernel
 (quant_csrc.py) serves every layer.
 """
@@ -21,9 +21,6 @@ from quire.backends.torch.quantization import QuantLinear
 
 LAYOUT = "lanes16"
 TILE = 16
-# Calls with more rows dequantize the weight and run one float GEMM: on the dev box the
-# lanes kernel wins up to ~32 rows (benchmarks/QUANTIZATION.md) and loses ~10-25% at 64.
-ROWS = 32
 
 
 def supported(layer: QuantLinear) -> bool:
@@ -92,8 +89,8 @@ def dequantize(layer: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_t(layer: QuantLinear) -> torch.Tensor:
-    """The weight transposed, float32 [K, N] (a view of [K, 16 * tiles]), for calls of more
-    than ROWS rows: x @ dequantize_t(layer)."""
+    """The weight transposed, float32 [K, N] (a view of [K, 16 * tiles]):
+    x @ dequantize_t(layer) is the layer's reference product."""
     wt = native.module().lanes_dequantize_t(layer.qweight, layer.scales, layer.mins,
                                             layer.bits, layer.group_size)
     return wt[:, :layer.out_features]

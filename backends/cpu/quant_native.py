@@ -1,11 +1,12 @@
 """The cpu backend's packed-weight kernels, built on first use:
 
 - lanes (lanes_csrc.py, quant_lanes.py; where the CPU has AVX-512 BF16): layers are repacked
-  at load (prepare()) with 16 outputs across the vector lanes; a call of up to
-  quant_lanes.ROWS rows unpacks each weight tile once to bf16 and runs vdpbf16ps for every
-  row (exact against the dequantized weights for bf16 rows; float32 rows go in as two bf16
-  parts). 1.4-1.9x the rows kernel at one row on the bundled model's shapes, and extra rows
-  cost only their multiply-adds (benchmarks/QUANTIZATION.md);
+  at load (prepare()) with 16 outputs across the vector lanes; a call unpacks each weight
+  tile once to bf16 and runs vdpbf16ps for every row (exact against the dequantized weights
+  for bf16 rows; float32 rows go in as two bf16 parts), at any number of rows (prefill
+  chunks and large batches too: tiles unpacked once into a scratch buffer, then every row).
+  1.4-1.9x the rows kernel at one row on the bundled model's shapes, and extra rows cost
+  only their multiply-adds (benchmarks/QUANTIZATION.md);
 - rows (sources in quant_csrc.py; every other CPU):
   decode rows (up to FUSED_ROWS) through a fused dequantize-dot that streams the packed
   weights once per step for all rows, in float (exact against the dequantized weights). An
@@ -15,7 +16,8 @@
   integer instructions per group) trades exactness for speed; it is not the default because
   on the bundled model it flips near-tied tokens (its chat answer to "What is the capital
   of France?" changes);
-- more rows (prefill): dequantize the weight to float32, then one dense GEMM.
+- more rows on the rows kernel (prefill): dequantize the weight to float32, then one dense
+  GEMM.
 
 isa() says which path runs. QUIRE_CPU_NATIVE=0 turns the kernel off; then packed weights are
 dequantized at load.
@@ -85,12 +87,10 @@ class CpuQuantKernel:
                 and quant_lanes.available())
 
     def matmul(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
-        if layer.layout == quant_lanes.LAYOUT:
-            if x.shape[0] <= quant_lanes.ROWS:
-                if x.dtype in (torch.bfloat16, torch.float32):  # (what the kernel takes)
-                    return layer.lanes_call(x)
-                return layer.lanes_call(x.float()).to(x.dtype)
-            return torch.mm(x.float(), quant_lanes.dequantize_t(layer)).to(x.dtype)
+        if layer.layout == quant_lanes.LAYOUT:  # any number of rows
+            if x.dtype in (torch.bfloat16, torch.float32):  # (what the kernel takes)
+                return layer.lanes_call(x)
+            return layer.lanes_call(x.float()).to(x.dtype)
         if x.shape[0] <= FUSED_ROWS:  # (the kernel converts x and y itself)
             return _load().quant_gemv(x, layer.qweight, layer.scales, layer.mins, layer.bits,
                                       layer.group_size, self.max_path, self.int8_activations)
