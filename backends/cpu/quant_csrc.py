@@ -110,7 +110,7 @@ static void gemv(int path, const float* x, const float* xsum, const uint8_t* qw,
   gemv_rows_portable<BITS, GS, S>(x, xsum, qw, sc, mn, y, M, N, K, n0, n1);
 }
 
-// Rows [n0, n1) of the dequantized [N, K] float matrix.
+// Rows [n0, n1) of the dequantized [N, K] float matrix, into out (row n0 first).
 template <int BITS, int GS, typename S>
 static void dequant_rows(const uint8_t* qw, const S* sc, const S* mn, float* out, int64_t K,
                          int64_t n0, int64_t n1) {
@@ -120,7 +120,7 @@ static void dequant_rows(const uint8_t* qw, const S* sc, const S* mn, float* out
     for (int64_t g = 0; g < G; ++g) {
       unpack_group<BITS, GS>(qw, K, n, g, w);
       const float s = sval(sc[n * G + g]), b = mn ? sval(mn[n * G + g]) : 0.f;
-      for (int j = 0; j < GS; ++j) out[n * K + g * GS + j] = s * w[j] + b;
+      for (int j = 0; j < GS; ++j) out[(n - n0) * K + g * GS + j] = s * w[j] + b;
     }
 }
 
@@ -243,10 +243,44 @@ torch::Tensor quant_dequantize(torch::Tensor qweight, torch::Tensor scales, torc
     const S* sc = ptr<S>(scales);
     const S* mn = ptr<S>(mins);
     at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-      dequant_rows<decltype(b)::value, decltype(gs)::value, S>(q, sc, mn, o, K, n0, n1);
+      dequant_rows<decltype(b)::value, decltype(gs)::value, S>(q, sc, mn, o + n0 * K, K, n0,
+                                                               n1);
     });
   });
   return out;
+}
+
+// x [M, K] times the packed weight for calls of more rows than quant_gemv takes: blocks of
+// outputs (~1 MiB of float32 weights each, so a block stays in L2) dequantized, then one
+// float32 GEMM per block, instead of the whole weight dequantized to memory first (a 49152 x
+// 576 head would write and re-read 113 MB per call). Returns float32 [M, N].
+torch::Tensor quant_matmul(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
+                           torch::Tensor mins, int64_t bits, int64_t group, int64_t K) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "quant_matmul: x [M, K]");
+  const int64_t N = scales.size(0), M = x.size(0);
+  const torch::Tensor xf = x.to(at::kFloat).contiguous();
+  auto y = torch::empty({M, N}, xf.options());
+  const int64_t block = std::max<int64_t>(16, ((int64_t{1} << 20) / (4 * K)) / 16 * 16);
+  auto buf = torch::empty({std::min(block, N), K}, xf.options());
+  auto part = torch::empty({M, std::min(block, N)}, xf.options());
+  const uint8_t* q = reinterpret_cast<const uint8_t*>(qweight.data_ptr());
+  dispatch(bits, group, scales, [&](auto b, auto gs, auto s) {
+    using S = decltype(s);
+    const S* sc = ptr<S>(scales);
+    const S* mn = ptr<S>(mins);
+    for (int64_t n0 = 0; n0 < N; n0 += block) {
+      const int64_t nb = std::min(block, N - n0);
+      float* o = buf.data_ptr<float>();
+      at::parallel_for(n0, n0 + nb, 16, [&](int64_t a0, int64_t a1) {
+        dequant_rows<decltype(b)::value, decltype(gs)::value, S>(q, sc, mn, o + (a0 - n0) * K,
+                                                                 K, a0, a1);
+      });
+      torch::Tensor out = part.narrow(1, 0, nb);
+      at::mm_out(out, xf, buf.narrow(0, 0, nb).t());
+      y.narrow(1, n0, nb).copy_(out);
+    }
+  });
+  return y;
 }
 
 // The path quant_gemv takes on this CPU: "avx512", "avx2" (AVX2 + FMA + F16C) or

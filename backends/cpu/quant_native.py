@@ -16,8 +16,8 @@
   integer instructions per group) trades exactness for speed; it is not the default because
   on the bundled model it flips near-tied tokens (its chat answer to "What is the capital
   of France?" changes);
-- more rows on the rows kernel (prefill): dequantize the weight to float32, then one dense
-  GEMM.
+- more rows on the rows kernel (prefill): blocks of outputs dequantized to float32 (~1 MiB,
+  in L2), one GEMM per block.
 
 isa() says which path runs. QUIRE_CPU_NATIVE=0 turns the kernel off; then packed weights are
 dequantized at load.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from quire.backends.cpu import quant_lanes
 from quire.backends.cpu.native import LazyExtension
@@ -45,8 +44,9 @@ def _sources() -> list[str]:
 
 
 # No -march=native: the AVX2 functions carry target attributes and are chosen at run time.
-_KERNEL = LazyExtension("quire_cpu_quant_v12", _sources,
-                        ["quant_gemv", "quant_dequantize", "quant_isa", "quant_gemv_address"],
+_KERNEL = LazyExtension("quire_cpu_quant_v13", _sources,
+                        ["quant_gemv", "quant_dequantize", "quant_matmul", "quant_isa",
+                         "quant_gemv_address"],
                         "native quantized-matmul kernel (packed weights get dequantized at "
                         "load)", march_native=False)
 _load = _KERNEL.get
@@ -94,7 +94,8 @@ class CpuQuantKernel:
         if x.shape[0] <= FUSED_ROWS:  # (the kernel converts x and y itself)
             return _load().quant_gemv(x, layer.qweight, layer.scales, layer.mins, layer.bits,
                                       layer.group_size, self.max_path, self.int8_activations)
-        return F.linear(x.float(), self.dequantize(layer)).to(x.dtype)
+        return _load().quant_matmul(x, layer.qweight, layer.scales, layer.mins, layer.bits,
+                                    layer.group_size, layer.in_features).to(x.dtype)
 
     def dequantize(self, layer: QuantLinear) -> torch.Tensor:
         if layer.layout == quant_lanes.LAYOUT:
