@@ -12,6 +12,7 @@ COMMON = r"""
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 #ifdef __AVX512F__
 #include <immintrin.h>

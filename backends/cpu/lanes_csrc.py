@@ -216,10 +216,11 @@ template <int BITS, bool SPLIT, bool HALF>
 static void run(const Args& a, int64_t M, int64_t tiles) {
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     if (M > unpack_rows(BITS)) {
-      std::vector<uint16_t> scr(2 * a.K * 16);
+      // (uninitialised: unpack() writes every operand a block then reads)
+      const std::unique_ptr<uint16_t[]> scr(new uint16_t[2 * a.K * 16]);
       int64_t t = t0;
-      for (; t + 2 <= t1; t += 2) unpacked_rows<BITS, SPLIT, HALF, 2>(a, M, t, scr.data());
-      if (t < t1) unpacked_rows<BITS, SPLIT, HALF, 1>(a, M, t, scr.data());
+      for (; t + 2 <= t1; t += 2) unpacked_rows<BITS, SPLIT, HALF, 2>(a, M, t, scr.get());
+      if (t < t1) unpacked_rows<BITS, SPLIT, HALF, 1>(a, M, t, scr.get());
       return;
     }
     int64_t r = 0;
