@@ -94,10 +94,10 @@ def eligible(layer: nn.Module) -> bool:
             not hasattr(layer, "gate_up_proj"):
         return False
     projs = _projections(layer)
-    if isinstance(projs[1], RowParallel) or isinstance(projs[3], RowParallel):
-        if not (isinstance(projs[1], RowParallel) and isinstance(projs[3], RowParallel)
-                and projs[1].comm is projs[3].comm):
-            return False
+    wrapped = [isinstance(p, RowParallel) for p in projs]
+    if any(wrapped) and (wrapped != [False, True, False, True]
+                         or projs[1].comm is not projs[3].comm):
+        return False
     projs = [_inner(p) for p in projs]
     norms = [layer.input_layernorm, layer.post_attention_layernorm]
     return (all(type(n) is NativeRMSNorm for n in norms)

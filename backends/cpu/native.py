@@ -60,13 +60,20 @@ class LazyExtension:
 
 
 def _sources() -> list[str]:
-    from quire.backends.cpu import csrc, gemm_csrc, lanes_csrc, layer_csrc, moe_csrc
+    from quire.backends.cpu import (
+        csrc,
+        gemm_csrc,
+        lanes_csrc,
+        lanes_dequant_csrc,
+        layer_csrc,
+        moe_csrc,
+    )
 
     return [csrc.COMMON + csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE +
-            lanes_csrc.LANES + layer_csrc.LAYER]
+            lanes_csrc.LANES + lanes_dequant_csrc.LANES_DEQUANT + layer_csrc.LAYER]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v14", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v15", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",
