@@ -13,6 +13,7 @@ COMMON = r"""
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -59,12 +60,96 @@ static inline float row_scale(const CT* row, int64_t D) {
   }
 }
 
+// One query head against a block's n widened rows (row t at rows + t * stride): its scores
+// s[t] = q . k_t, and acc += sum_t s[t] * v_t. NC = D / 16 vectors held in registers (AVX-512,
+// D of 32, 64, 128 or 256); any other D, or no AVX-512, the plain loops.
+#ifdef __AVX512F__
+template <int NC>
+static inline void block_scores_v(const float* q, const float* rows, int64_t n, int64_t stride,
+                                  float* s) {
+  __m512 qv[NC];
+  for (int c = 0; c < NC; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* k = rows + t * stride;
+    __m512 d = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+    for (int c = 1; c < NC; ++c) d = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k + 16 * c), d);
+    s[t] = _mm512_reduce_add_ps(d);
+  }
+}
+
+template <int NC>
+static inline void block_pv_v(const float* s, const float* rows, int64_t n, int64_t stride,
+                              float* acc) {
+  __m512 a[NC];
+  for (int c = 0; c < NC; ++c) a[c] = _mm512_loadu_ps(acc + 16 * c);
+  for (int64_t t = 0; t < n; ++t) {
+    const __m512 p = _mm512_set1_ps(s[t]);
+    const float* v = rows + t * stride;
+    for (int c = 0; c < NC; ++c) a[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * c), a[c]);
+  }
+  for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + 16 * c, a[c]);
+}
+#endif
+
+static inline void block_scores(const float* q, const float* rows, int64_t n, int64_t stride,
+                                int64_t D, float* s) {
+#ifdef __AVX512F__
+  switch (D) {
+    case 32: return block_scores_v<2>(q, rows, n, stride, s);
+    case 64: return block_scores_v<4>(q, rows, n, stride, s);
+    case 128: return block_scores_v<8>(q, rows, n, stride, s);
+    case 256: return block_scores_v<16>(q, rows, n, stride, s);
+    default: break;
+  }
+#endif
+  for (int64_t t = 0; t < n; ++t) {
+    const float* k = rows + t * stride;
+    float dot = 0.f;
+    for (int64_t d = 0; d < D; ++d) dot += q[d] * k[d];
+    s[t] = dot;
+  }
+}
+
+static inline void block_pv(const float* s, const float* rows, int64_t n, int64_t stride,
+                            int64_t D, float* acc) {
+#ifdef __AVX512F__
+  switch (D) {
+    case 32: return block_pv_v<2>(s, rows, n, stride, acc);
+    case 64: return block_pv_v<4>(s, rows, n, stride, acc);
+    case 128: return block_pv_v<8>(s, rows, n, stride, acc);
+    case 256: return block_pv_v<16>(s, rows, n, stride, acc);
+    default: break;
+  }
+#endif
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t d = 0; d < D; ++d) acc[d] += s[t] * rows[t * stride + d];
+}
+
+// A block's K or V rows of KV heads [k0, k1) widened to float32 once, [n, hk, D] (plain
+// caches; bf16 through its bit pattern, which gcc vectorizes, where a per-element cast does
+// not), so the scores and the weighted sum below are float loops.
+template <typename CT>
+static inline void widen_rows(const CT* src, float* dst, int64_t n, int64_t Hkv, int64_t hk,
+                              int64_t D) {
+  for (int64_t t = 0; t < n; ++t) {
+    const CT* s = src + t * Hkv * D;
+    float* d = dst + t * hk * D;
+    if constexpr (std::is_same_v<CT, c10::BFloat16>) {
+      const uint16_t* raw = reinterpret_cast<const uint16_t*>(s);
+      uint32_t* out = reinterpret_cast<uint32_t*>(d);
+      for (int64_t i = 0; i < hk * D; ++i) out[i] = static_cast<uint32_t>(raw[i]) << 16;
+    } else {
+      for (int64_t i = 0; i < hk * D; ++i) d[i] = static_cast<float>(s[i]);
+    }
+  }
+}
+
 template <typename T, typename CT, bool QUANT>
 static void decode_job(const T* q, const CT* kc, const CT* vc, const int32_t* bt, int64_t L,
                        T* out, int64_t Hq, int64_t Hkv, int64_t D, int64_t RS, int64_t S,
                        int64_t k0, int64_t k1, float scale, int64_t window, float soft_cap,
-                       float* qf, float* acc, float* m, float* l, float* s) {
-  const int64_t G = Hq / Hkv, hc = (k1 - k0) * G, h0 = k0 * G;
+                       float* qf, float* acc, float* m, float* l, float* s, float* kvf) {
+  const int64_t G = Hq / Hkv, hk = k1 - k0, hc = hk * G, h0 = k0 * G;
   for (int64_t i = 0; i < hc * D; ++i) qf[i] = static_cast<float>(q[h0 * D + i]) * scale;
   std::fill(acc, acc + hc * D, 0.f);
   std::fill(m, m + hc, -INFINITY);
@@ -75,14 +160,20 @@ static void decode_job(const T* q, const CT* kc, const CT* vc, const int32_t* bt
     const int64_t t0 = std::max(b * S, first), t1 = std::min((b + 1) * S, L), n = t1 - t0;
     const CT* kb = kc + (blk * S + (t0 - b * S)) * Hkv * RS;
     const CT* vb = vc + (blk * S + (t0 - b * S)) * Hkv * RS;
-    for (int64_t t = 0; t < n; ++t) {
-      const CT* krow = kb + (t * Hkv + k0) * RS;
-      for (int64_t h = 0; h < hc; ++h) {
-        const CT* kp = krow + (h / G) * RS;
-        const float* qp = qf + h * D;
-        float dot = 0.f;
-        for (int64_t d = 0; d < D; ++d) dot += qp[d] * static_cast<float>(kp[d]);
-        s[h * S + t] = dot * row_scale<CT, QUANT>(kp, D);
+    if constexpr (!QUANT) {
+      widen_rows(kb + k0 * D, kvf, n, Hkv, hk, D);
+      for (int64_t h = 0; h < hc; ++h)
+        block_scores(qf + h * D, kvf + (h / G) * D, n, hk * D, D, s + h * S);
+    } else {
+      for (int64_t t = 0; t < n; ++t) {
+        const CT* krow = kb + (t * Hkv + k0) * RS;
+        for (int64_t h = 0; h < hc; ++h) {
+          const CT* kp = krow + (h / G) * RS;
+          const float* qp = qf + h * D;
+          float dot = 0.f;
+          for (int64_t d = 0; d < D; ++d) dot += qp[d] * static_cast<float>(kp[d]);
+          s[h * S + t] = dot * row_scale<CT, QUANT>(kp, D);
+        }
       }
     }
     for (int64_t h = 0; h < hc; ++h) {
@@ -103,13 +194,19 @@ static void decode_job(const T* q, const CT* kc, const CT* vc, const int32_t* bt
       float* ap = acc + h * D;
       for (int64_t d = 0; d < D; ++d) ap[d] *= correction;
     }
-    for (int64_t t = 0; t < n; ++t) {
-      const CT* vrow = vb + (t * Hkv + k0) * RS;
-      for (int64_t h = 0; h < hc; ++h) {
-        const CT* vp = vrow + (h / G) * RS;
-        const float p = s[h * S + t] * row_scale<CT, QUANT>(vp, D);
-        float* ap = acc + h * D;
-        for (int64_t d = 0; d < D; ++d) ap[d] += p * static_cast<float>(vp[d]);
+    if constexpr (!QUANT) {
+      widen_rows(vb + k0 * D, kvf, n, Hkv, hk, D);
+      for (int64_t h = 0; h < hc; ++h)
+        block_pv(s + h * S, kvf + (h / G) * D, n, hk * D, D, acc + h * D);
+    } else {
+      for (int64_t t = 0; t < n; ++t) {
+        const CT* vrow = vb + (t * Hkv + k0) * RS;
+        for (int64_t h = 0; h < hc; ++h) {
+          const CT* vp = vrow + (h / G) * RS;
+          const float p = s[h * S + t] * row_scale<CT, QUANT>(vp, D);
+          float* ap = acc + h * D;
+          for (int64_t d = 0; d < D; ++d) ap[d] += p * static_cast<float>(vp[d]);
+        }
       }
     }
   }
@@ -131,13 +228,14 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
   at::parallel_for(0, R * chunks, 1, [&](int64_t begin, int64_t end) {
     const int64_t hc = per_chunk * G;
     std::vector<float> qf(hc * D), acc(hc * D), m(hc), l(hc), s(hc * S);
+    std::vector<float> kvf(S * per_chunk * D);  // a block's K or V rows, widened
     for (int64_t job = begin; job < end; ++job) {
       const int64_t r = job / chunks, c = job % chunks;
       const int64_t k0 = c * per_chunk, k1 = std::min(Hkv, k0 + per_chunk);
       if (k0 >= k1) continue;
       decode_job<T, CT, QUANT>(q + r * Hq * D, kc, vc, bt + r * B, lens[r], out + r * Hq * D,
                                Hq, Hkv, D, RS, S, k0, k1, scale, window, soft_cap, qf.data(),
-                               acc.data(), m.data(), l.data(), s.data());
+                               acc.data(), m.data(), l.data(), s.data(), kvf.data());
     }
   });
 }

@@ -6,6 +6,12 @@ instead of ~15 module calls from Python. The same kernels run in the same order,
 output is bit-identical to the module path's; any step or layer it does not cover takes
 that path (DecoderLayer.fast_path returns None).
 
+Each layer's weights are handed to the native side once (decode_plan_new: converting a list
+of 15 tensors costs ~10 µs a call, a third of a small layer's own work); the call then
+names its plan. When every layer of a model is fused and all attend alike (one rotary
+table, one window, one KV group), FusedModel runs the step's whole stack of layers in one
+native call (the model's layers_fast_path), so Python is not re-entered between layers.
+
 install() gives each eligible layer its fast path after the other cpu swaps (fused.py's
 elementwise modules, the lanes and bf16-GEMM packing); QUIRE_CPU_FUSED_LAYER=0 leaves them
 all off.
@@ -14,6 +20,7 @@ all off.
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 from torch import nn
@@ -45,43 +52,71 @@ class FusedDecode:
         self.attn: CpuAttention = layer.attn
         self.dtype = layer.input_layernorm.weight.dtype
         self.head_size = layer.head_size
-        self.weights = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+        weights = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
         ints: list[int] = []
         none = torch.empty(0)
         rows_call = (0, 0, 0)
         for p in projs:
             kind = _kind(p)
             if kind == _VNNI:
-                self.weights += [p.packed, none, none]
+                weights += [p.packed, none, none]
                 ints += [kind, 0, 0, p.out_features]
             else:
-                self.weights += [p.qweight, p.scales, p.mins]
+                weights += [p.qweight, p.scales, p.mins]
                 ints += [kind, p.bits, p.group_size, p.out_features]
             if kind == _ROWS:
                 rows_call = p.method.kernel.rows_call()
         # The rows kernel takes up to FUSED_ROWS rows a call; the others any number.
         self.max_rows = quant_native.FUSED_ROWS if _ROWS in ints[::4] else MAX_ROWS
         bias = layer.qkv_proj.bias
-        self.weights.append(torch.empty(0, dtype=self.dtype) if bias is None else bias)
-        self.ints = ints + [layer.num_heads, layer.num_kv_heads, layer.head_size,
-                            self.attn.sliding_window or 0, *rows_call]
-        self.eps = layer.input_layernorm.eps
-        self.soft_cap = self.attn.soft_cap or 0.0
+        weights.append(torch.empty(0, dtype=self.dtype) if bias is None else bias)
+        ints += [layer.num_heads, layer.num_kv_heads, layer.head_size,
+                 self.attn.sliding_window or 0, *rows_call]
+        kernels = native.module()
+        self.handle = kernels.decode_plan_new(
+            weights, ints, layer.input_layernorm.eps, self.attn.scale,
+            self.attn.soft_cap or 0.0, self.all_reduce)
+        weakref.finalize(self, kernels.decode_plan_free, self.handle)
 
-    def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                 kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor | None:
-        cos, sin = rope
+    def rows(self, x: torch.Tensor, cos: torch.Tensor, kv_cache: torch.Tensor,
+             md: AttentionMetadata):
+        """The native attention's rows when this step can run fused, else None."""
         if x.shape[0] > self.max_rows or x.dtype != self.dtype or x.dim() != 2 or \
                 x.stride(1) != 1 or cos.dtype != torch.float32 or \
                 cos.shape[-1] != self.head_size:
             return None
-        rows = self.attn.native_decode_rows(kv_cache, md, x.shape[0])
+        return self.attn.native_decode_rows(kv_cache, md, x.shape[0])
+
+    def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                 kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor | None:
+        cos, sin = rope
+        rows = self.rows(x, cos, kv_cache, md)
         if rows is None:
             return None
         return native.module().decode_layer(
-            x, self.weights, self.ints, self.eps, self.attn.scale, self.soft_cap,
-            cos.contiguous(), sin.contiguous(), kv_cache, md.slot_mapping, rows.block_tables,
-            rows.seq_lens, self.all_reduce)
+            self.handle, x, cos.contiguous(), sin.contiguous(), kv_cache, md.slot_mapping,
+            rows.block_tables, rows.seq_lens)
+
+
+class FusedModel:
+    """A model's whole stack of fused layers as one call (LlamaForCausalLM.layers_fast_path):
+    for a step with one set of attention metadata for all layers (no per-layer KV groups)."""
+
+    def __init__(self, layers: list[FusedDecode]) -> None:
+        self.first = layers[0]
+        self.handles = [layer.handle for layer in layers]
+
+    def __call__(self, x: torch.Tensor, tables: list[tuple[torch.Tensor, torch.Tensor]],
+                 kv_caches: list[torch.Tensor], md: AttentionMetadata) -> torch.Tensor | None:
+        if md.layer_metadata is not None:
+            return None
+        cos, sin = tables[0]
+        rows = self.first.rows(x, cos, kv_caches[0], md)
+        if rows is None:
+            return None
+        return native.module().decode_layers(
+            self.handles, x, cos.contiguous(), sin.contiguous(), kv_caches, md.slot_mapping,
+            rows.block_tables, rows.seq_lens)
 
 
 def eligible(layer: nn.Module) -> bool:
@@ -144,7 +179,8 @@ def _packed(projs: list[nn.Module]) -> bool:
 
 
 def install(model: nn.Module) -> int:
-    """Give every eligible layer its fused decode path; returns how many got one."""
+    """Give every eligible layer its fused decode path, and the model its whole-stack path
+    when every layer got one and all attend alike; returns how many layers got one."""
     if os.environ.get("QUIRE_CPU_FUSED_LAYER", "1") == "0" or not native.available() or \
             not quant_native.available():
         return 0
@@ -153,4 +189,10 @@ def install(model: nn.Module) -> int:
         if eligible(module):
             module.fast_path = FusedDecode(module)
             count += 1
+    layers = getattr(model, "layers", None)
+    if hasattr(model, "layers_fast_path") and layers and \
+            all(isinstance(layer.fast_path, FusedDecode) for layer in layers) and \
+            all(layer.rope_index == 0 for layer in layers) and \
+            len({layer.attn.sliding_window for layer in layers}) == 1:
+        model.layers_fast_path = FusedModel([layer.fast_path for layer in layers])
     return count

@@ -26,22 +26,28 @@ struct Weight {
 torch::Tensor lanes_dequantize(torch::Tensor qw, torch::Tensor scales, torch::Tensor mins,
                                int64_t bits, int64_t group, torch::Tensor ids) {
   TORCH_CHECK(ids.dim() == 1 && ids.scalar_type() == at::kLong, "lanes_dequantize: ids");
-  const Weight wt(qw, scales, mins, bits, group);
-  const int64_t n_out = ids.size(0), tiles = wt.tiles, G = wt.G, K = wt.K;
+  const int64_t n_out = ids.size(0), tiles = scales.size(0), G = scales.size(1), K = G * group;
+  TORCH_CHECK(qw.numel() == tiles * K * bits * 2, "lanes: packed weight size");
   TORCH_CHECK(n_out == 0 || (ids.min().item<int64_t>() >= 0 &&
                              ids.max().item<int64_t>() < tiles * 16),
               "lanes_dequantize: row id out of range");
+  // Only the looked-up rows' tiles of scales and mins as float32 (an embedding's whole
+  // table of them converted per lookup cost more than the lookup itself).
+  const torch::Tensor tile_ids = ids.div(16, "floor");
+  const torch::Tensor s = scales.index_select(0, tile_ids).to(at::kFloat).contiguous();
+  const torch::Tensor m =
+      mins.numel() ? mins.index_select(0, tile_ids).to(at::kFloat).contiguous() : mins;
   const int64_t* id = ids.data_ptr<int64_t>();
   auto w = torch::empty({n_out, K}, scales.options().dtype(at::kFloat));
-  const uint8_t* q = wt.q;
-  const float *sp = wt.sp, *mp = wt.mp;
+  const uint8_t* q = qw.data_ptr<uint8_t>();
+  const float *sp = s.data_ptr<float>(), *mp = m.numel() ? m.data_ptr<float>() : nullptr;
   float* out = w.data_ptr<float>();
   at::parallel_for(0, n_out, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t i = n0; i < n1; ++i) {
       const int64_t n = id[i], t = n / 16, o = n % 16;
       float* row = out + i * K;
       for (int64_t j = 0; j < G; ++j) {
-        const int64_t idx = (t * G + j) * 16 + o;
+        const int64_t idx = (i * G + j) * 16 + o;  // row i's tile in s and m
         const float sc = sp[idx], mn = mp ? mp[idx] : 0.f;
         if (bits == 4) {
           for (int64_t b = j * group / 8; b < (j + 1) * group / 8; ++b) {

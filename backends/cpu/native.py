@@ -73,12 +73,13 @@ def _sources() -> list[str]:
             lanes_csrc.LANES + lanes_dequant_csrc.LANES_DEQUANT + layer_csrc.LAYER]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v15", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v16", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",
                           "lanes_dequantize", "lanes_dequantize_t",
-                          "decode_layer"],
+                          "decode_plan_new", "decode_plan_free", "decode_layer",
+                          "decode_layers"],
                          "native CPU kernels (using the torch paths)")
 _load = _KERNELS.get
 

@@ -21,22 +21,29 @@ PROMPTS = ["one two three four five six", "the cache serves the same prefix", "h
 PARAMS = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=3)
 
 
-def _run(path, monkeypatch, fused, lanes=True, **kw):
+def _spy(inner, taken):
+    def spy(*args):
+        out = inner(*args)
+        taken.append(out is not None)
+        return out
+    return spy
+
+
+def _run(path, monkeypatch, fused, lanes=True, stack=True, **kw):
+    """stack=False: the layers fused one call each (the model's whole-stack path off)."""
     monkeypatch.setenv("QUIRE_CPU_FUSED_LAYER", "1" if fused else "0")
     monkeypatch.setenv("QUIRE_CPU_QUANT_LANES", "1" if lanes else "0")
     kw.setdefault("quantization", "int8")
     llm = LLM(path, num_blocks=kw.pop("num_blocks", 128), **kw)
     executor = llm.engine.executor  # (tensor parallelism: rank 0, in this process)
-    layers = [m for m in getattr(executor, "driver", executor).model.modules()
-              if hasattr(m, "fast_path")]
-    taken = []
+    model = getattr(executor, "driver", executor).model
+    layers = [m for m in model.modules() if hasattr(m, "fast_path")]
+    taken = []  # the steps (or layer calls) that took a fused path
+    assert (model.layers_fast_path is not None) == fused
+    model.layers_fast_path = _spy(model.layers_fast_path, taken) if stack and fused else None
     for layer in layers:
-        if layer.fast_path is not None:  # count the steps that took the fused path
-            def spy(*args, _inner=layer.fast_path):
-                out = _inner(*args)
-                taken.append(out is not None)
-                return out
-            layer.fast_path = spy
+        if layer.fast_path is not None:
+            layer.fast_path = _spy(layer.fast_path, taken)
     try:
         outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
         preemptions = llm.engine.stats().num_preemptions
@@ -50,10 +57,11 @@ def _run(path, monkeypatch, fused, lanes=True, **kw):
 def _check(path, monkeypatch, **kw):
     want, layers, taken, _ = _run(path, monkeypatch, False, **dict(kw))
     assert all(layer.fast_path is None for layer in layers) and not taken
-    got, layers, taken, _ = _run(path, monkeypatch, True, **dict(kw))
-    assert all(layer.fast_path is not None for layer in layers)
-    assert any(taken) and not all(taken)  # decode steps fused; prefill steps not
-    assert got == want
+    for stack in (True, False):  # the whole stack in one call; one call per layer
+        got, layers, taken, _ = _run(path, monkeypatch, True, stack=stack, **dict(kw))
+        assert all(layer.fast_path is not None for layer in layers)
+        assert any(taken) and not all(taken)  # decode steps fused; prefill steps not
+        assert got == want
 
 
 @needs_lanes
@@ -115,6 +123,7 @@ def test_install_elsewhere(model_factory, monkeypatch):
         model = llm.engine.executor.model
         assert decode_layer.install(model) == 0
         assert all(getattr(m, "fast_path", None) is None for m in model.modules())
+        assert model.layers_fast_path is None
     moe = LLM(model_factory("mixtral", hidden_size=64, intermediate_size=64),
               quantization="int8", num_blocks=32)
     assert not any(decode_layer.eligible(m) for m in moe.engine.executor.model.modules())

@@ -150,6 +150,10 @@ class LlamaForCausalLM(nn.Module):
                                              if layer.rope_index)))
         self.ropes = [RotaryEmbedding(rope_spec(cfg.rotary_dim, theta, scaling), max_positions)
                       for theta, scaling in ropes]
+        # A backend may run the whole stack of layers for some steps in one call (the cpu
+        # backend's fused decode): called with (x, tables, kv_caches, md), returns the last
+        # layer's output or None.
+        self.layers_fast_path: Callable[..., torch.Tensor | None] | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], md: AttentionMetadata) -> torch.Tensor:
@@ -158,6 +162,10 @@ class LlamaForCausalLM(nn.Module):
         if self.cfg.embed_scale is not None:
             x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
         tables = [rope.table(positions) for rope in self.ropes]
+        if self.layers_fast_path is not None:
+            out = self.layers_fast_path(x, tables, kv_caches, md)
+            if out is not None:
+                return self.norm(out)
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
             x = layer(x, tables[layer.rope_index], kv_cache, md.for_layer(i))
         return self.norm(x)
