@@ -47,8 +47,13 @@ class FusedDecode:
         projs = [_inner(p) for p in _projections(layer)]
         # Tensor parallelism: o and down are RowParallel; their communicator's all-reduce
         # runs at the same two points of the fused call (eligible() checked they share it).
-        self.all_reduce = layer.o_proj.comm.all_reduce \
-            if isinstance(layer.o_proj, RowParallel) else None
+        comm = layer.o_proj.comm if isinstance(layer.o_proj, RowParallel) else None
+        self.all_reduce = comm.all_reduce if comm is not None else None
+        # A shared-memory communicator's segment: the all-reduces stay native (comm_csrc.py).
+        shm = ([], torch.empty(0, dtype=torch.long), 0.0, None)
+        if comm is not None and hasattr(comm, "native_spec") and \
+                os.environ.get("QUIRE_CPU_NATIVE_ALLREDUCE", "1") != "0":
+            shm = comm.native_spec()
         self.attn: CpuAttention = layer.attn
         self.dtype = layer.input_layernorm.weight.dtype
         self.head_size = layer.head_size
@@ -75,7 +80,7 @@ class FusedDecode:
         kernels = native.module()
         self.handle = kernels.decode_plan_new(
             weights, ints, layer.input_layernorm.eps, self.attn.scale,
-            self.attn.soft_cap or 0.0, self.all_reduce)
+            self.attn.soft_cap or 0.0, self.all_reduce, *shm)
         weakref.finalize(self, kernels.decode_plan_free, self.handle)
 
     def rows(self, x: torch.Tensor, cos: torch.Tensor, kv_cache: torch.Tensor,

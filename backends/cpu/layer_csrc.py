@@ -68,12 +68,14 @@ using RowsKernel = torch::Tensor (*)(torch::Tensor, torch::Tensor, torch::Tensor
 // then the rows kernel's (address of quant_gemv, max_path, int8 activations). all_reduce:
 // None, or (tensor parallelism) the Python callable that sums the o and down projections'
 // partial outputs over the ranks in place (the module path's RowParallel, called at the
-// same two points).
+// same two points); with a shared-memory communicator, its segment (shm, comm_csrc.py)
+// takes the partial sums that fit a slot without returning to Python.
 struct LayerPlan {
   std::vector<torch::Tensor> w;
   std::vector<int64_t> ints;
   double eps, scale, soft_cap;
   py::object all_reduce;
+  ShmComm shm;
 };
 
 // Plans by handle. Never destroyed (a static destructor would drop Python references after
@@ -83,11 +85,21 @@ static std::vector<LayerPlan*>& plans() {
   return *all;
 }
 
+// shm: empty, or the communicator's segment (address, rank, size, slot bytes) with its
+// state tensor, timeout and peers_alive callable (ShmCommunicator.native_spec()).
 int64_t decode_plan_new(std::vector<torch::Tensor> w, std::vector<int64_t> ints, double eps,
-                        double scale, double soft_cap, py::object all_reduce) {
+                        double scale, double soft_cap, py::object all_reduce,
+                        std::vector<int64_t> shm, torch::Tensor shm_state, double timeout_s,
+                        py::object peers_alive) {
   TORCH_CHECK(w.size() == 15 && ints.size() == 23, "decode_plan_new: weights and sizes");
+  TORCH_CHECK(shm.empty() || (shm.size() == 4 && shm_state.scalar_type() == at::kLong &&
+                              shm_state.numel() == 3 && shm_state.is_contiguous()),
+              "decode_plan_new: shared-memory communicator");
   auto& all = plans();
   auto* plan = new LayerPlan{std::move(w), std::move(ints), eps, scale, soft_cap, all_reduce};
+  if (!shm.empty())
+    plan->shm = ShmComm{reinterpret_cast<char*>(shm[0]), shm[1], shm[2], shm[3], shm_state,
+                        timeout_s, peers_alive};
   for (size_t i = 0; i < all.size(); ++i)
     if (all[i] == nullptr) {
       all[i] = plan;
@@ -135,6 +147,11 @@ static torch::Tensor run_layer(const LayerPlan& pl, torch::Tensor x, const torch
   };
   auto reduced = [&](torch::Tensor partial) {
     if (pl.all_reduce.is_none()) return partial;
+    if (pl.shm.base != nullptr && partial.is_contiguous() &&
+        partial.numel() * partial.element_size() <= pl.shm.slot_bytes) {
+      shm_all_reduce(pl.shm, partial);
+      return partial;
+    }
     return pl.all_reduce(partial).cast<torch::Tensor>();
   };
   torch::Tensor qkv = proj(rms_norm(x, w[0], eps), 0);

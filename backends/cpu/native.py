@@ -61,6 +61,7 @@ class LazyExtension:
 
 def _sources() -> list[str]:
     from quire.backends.cpu import (
+        comm_csrc,
         csrc,
         gemm_csrc,
         lanes_csrc,
@@ -70,10 +71,11 @@ def _sources() -> list[str]:
     )
 
     return [csrc.COMMON + csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE +
-            lanes_csrc.LANES + lanes_dequant_csrc.LANES_DEQUANT + layer_csrc.LAYER]
+            lanes_csrc.LANES + lanes_dequant_csrc.LANES_DEQUANT + comm_csrc.SHM_ALLREDUCE +
+            layer_csrc.LAYER]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v16", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v17", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",

@@ -127,3 +127,26 @@ def test_install_elsewhere(model_factory, monkeypatch):
     moe = LLM(model_factory("mixtral", hidden_size=64, intermediate_size=64),
               quantization="int8", num_blocks=32)
     assert not any(decode_layer.eligible(m) for m in moe.engine.executor.model.modules())
+
+
+def test_tensor_parallel_native_all_reduce(model_factory, monkeypatch):
+    """The fused layers' all-reduces on the shared-memory segment without Python
+    (comm_csrc.py) interleave with the communicator's own collectives and give the Python
+    all-reduce's bits."""
+    path = model_factory("llama", hidden_size=128, intermediate_size=256, num_heads=4,
+                         num_kv_heads=2)
+    runs = {}
+    for native_ar in ("0", "1"):
+        monkeypatch.setenv("QUIRE_CPU_NATIVE_ALLREDUCE", native_ar)
+        monkeypatch.setenv("QUIRE_CPU_FUSED_LAYER", "1")
+        llm = LLM(path, num_blocks=128, quantization="int8", dtype="bfloat16",
+                  tensor_parallel_size=2)
+        try:
+            outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+            state = llm.engine.executor.driver.comm.state.clone()
+        finally:
+            llm.engine.shutdown()
+        runs[native_ar] = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
+        # state: [sequence number, ns in native all-reduces, ns of them waiting]
+        assert (state[1] > 0) == (native_ar == "1") and state[0] > 0
+    assert runs["1"] == runs["0"]
