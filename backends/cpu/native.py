@@ -1,4 +1,4 @@
-"""The cpu backend's C++ kernels (sources in csrc.py), built on first use with
+"""The cpu backend's C++ kernels (sources in the *_csrc.py files), built on first use with
 torch.utils.cpp_extension (gcc, OpenMP):
 
 - paged_decode: decode attention reading K/V in place through the block table, with an
@@ -63,6 +63,7 @@ def _sources() -> list[str]:
     from quire.backends.cpu import (
         comm_csrc,
         csrc,
+        decode_csrc,
         gemm_csrc,
         lanes_csrc,
         lanes_dequant_csrc,
@@ -70,12 +71,12 @@ def _sources() -> list[str]:
         moe_csrc,
     )
 
-    return [csrc.COMMON + csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE +
+    return [csrc.COMMON + decode_csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE +
             lanes_csrc.LANES + lanes_dequant_csrc.LANES_DEQUANT + comm_csrc.SHM_ALLREDUCE +
             layer_csrc.LAYER]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v17", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v18", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",

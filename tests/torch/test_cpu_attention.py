@@ -129,3 +129,37 @@ def test_native_kernel_builds_here_and_matches_reference():
             ref = paged_attention(q, kc, vc, bt, qsl, sl, 0.125, window, cap)
             tol = 1e-5 if dtype == torch.float32 else 2e-2
             torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("kv_quant", [None, "int8"])
+def test_native_verification_rows_share_their_reads(kv_quant):
+    """Rows of one sequence with contexts one longer each (a request's speculative
+    verification rows) run as one job reading K/V once: each row's result equals the same
+    row computed alone, bit for bit, and the reference; windows included, and beside rows of
+    other sequences (runs are found by block table and length)."""
+    from quire.backends.cpu import native
+    from quire.backends.torch import kv_quant as kvq
+
+    assert native.available()
+    for window, hq, hkv, d in [(None, 8, 2, 64), (6, 6, 3, 32), (None, 4, 4, 48)]:
+        q, kc, vc, bt, _, _ = make_case([40, 23], [1, 1], hq, hkv, d, 4, torch.bfloat16, seed=3)
+        # rows 0-6: sequence 0 at contexts 34..40; row 7: sequence 1; rows 8-9: sequence 0
+        # again at 20, 21 (a second run with the same table)
+        rows_bt = torch.cat([bt[:1].expand(7, -1), bt[1:2], bt[:1].expand(2, -1)]).contiguous()
+        lens = torch.tensor([34, 35, 36, 37, 38, 39, 40, 23, 20, 21], dtype=torch.int32)
+        qs = torch.randn(len(lens), hq, d, generator=torch.Generator().manual_seed(4))
+        qs = qs.bfloat16()
+        caches = (kc, vc)
+        if kv_quant is not None:  # uint8 rows: values, then the float32 scale
+            caches = tuple(torch.cat([v.view(torch.uint8), sc.unsqueeze(-1).view(torch.uint8)],
+                                     -1).contiguous()
+                           for v, sc in (kvq.quantize(c, kv_quant) for c in caches))
+        got = native.paged_decode(qs, *caches, rows_bt, lens, 0.2, window, None, kv_quant)
+        for r in range(len(lens)):
+            alone = native.paged_decode(qs[r:r + 1], *caches, rows_bt[r:r + 1],
+                                        lens[r:r + 1], 0.2, window, None, kv_quant)
+            assert torch.equal(got[r:r + 1], alone), r
+        if kv_quant is None:
+            qsl = torch.arange(len(lens) + 1, dtype=torch.int32)
+            ref = paged_attention(qs, kc, vc, rows_bt, qsl, lens, 0.2, window, None)
+            torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
