@@ -94,17 +94,19 @@ def test_kernel_equals_dequantized_reference(qtype, n, k, rows):
 @needs_lanes
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q4_K])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_rows_do_not_depend_on_the_call(qtype, dtype):
+@pytest.mark.parametrize("n", [80, 600])
+def test_rows_do_not_depend_on_the_call(qtype, dtype, n):
     # What keeps speculation on equal to off: a row's logits are the same bits whether it
     # is verified with draft rows or decoded alone.
-    # Past 12 rows (4 for 8-bit) the kernel unpacks each tile once into a scratch buffer
-    # (prefill chunks, large batches): the same values, so the same bits.
-    layer = prepared(packed(qtype, 80, 512))
+    # Past 12 rows (7 for 8-bit) the kernel unpacks each tile once into a scratch buffer
+    # (prefill chunks, large batches): the same values, so the same bits. Below, calls of
+    # more than 4 rows take chunks of tiles in turn (n=600: several chunks per thread).
+    layer = prepared(packed(qtype, n, 512))
     x = torch.randn(70, 512).to(dtype)
     together = layer(x)
     for i in (0, 3, 4, 7, 33, 69):
         assert torch.equal(layer(x[i:i + 1]), together[i:i + 1])
-    for lo, hi in ((5, 12), (8, 12), (3, 19)):
+    for lo, hi in ((5, 12), (8, 12), (3, 19), (20, 27), (40, 46)):
         assert torch.equal(layer(x[lo:hi]), together[lo:hi])
 
 
