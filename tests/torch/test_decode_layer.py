@@ -150,3 +150,23 @@ def test_tensor_parallel_native_all_reduce(model_factory, monkeypatch):
         # state: [sequence number, ns in native all-reduces, ns of them waiting]
         assert (state[1] > 0) == (native_ar == "1") and state[0] > 0
     assert runs["1"] == runs["0"]
+
+
+@needs_lanes
+def test_plans_release_their_weights(model_factory):
+    """The native side holds each fused layer's weights (its plan) only while the model
+    lives: an engine shut down leaves none behind."""
+    import gc
+    import weakref
+
+    llm = LLM(model_factory("llama", hidden_size=128, intermediate_size=256, num_heads=4,
+                            num_kv_heads=2), quantization="int8", num_blocks=32)
+    llm.generate(PROMPTS[:1], PARAMS, use_tqdm=False)
+    model = llm.engine.executor.model
+    assert model.layers_fast_path is not None
+    weight = weakref.ref(model.layers[0].input_layernorm.weight)
+    del model
+    llm.engine.shutdown()
+    del llm
+    gc.collect()
+    assert weight() is None
