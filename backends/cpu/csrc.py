@@ -40,6 +40,33 @@ static inline float fast_exp(float x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
+
+// Vector forms (AVX-512 BF16 builds): round to bf16 kept as fp32, and fast_exp.
+#ifdef __AVX512BF16__
+static inline __m512 round_bf16(__m512 v) {  // to the nearest bf16, kept as fp32
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline __m512 exp16(__m512 x) {  // fast_exp, 16 lanes: the same bits
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(88.f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_add_ps(t, _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5252733804059840e-5f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381609e-4f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+#endif
 """
 
 FUSED = r"""
@@ -88,7 +115,23 @@ torch::Tensor silu_mul(torch::Tensor x) {
       for (int64_t r = b; r < e; ++r) {
         const scalar_t* g = xp + r * 2 * n;
         const scalar_t* u = g + n;
-        for (int64_t i = 0; i < n; ++i) {
+        int64_t i = 0;
+#ifdef __AVX512BF16__
+        if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {  // 16 at a time, same bits
+          auto widen = [](const scalar_t* p) {
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+          };
+          for (; i + 16 <= n; i += 16) {
+            const __m512 gv = widen(g + i);
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+            const __m512 act = round_bf16(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e)));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + r * n + i),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(act, widen(u + i))));
+          }
+        }
+#endif
+        for (; i < n; ++i) {
           const float gv = static_cast<float>(g[i]);
           const float act = static_cast<float>(static_cast<scalar_t>(gv / (1.f + fast_exp(-gv))));
           op[r * n + i] = static_cast<scalar_t>(act * static_cast<float>(u[i]));
