@@ -43,9 +43,12 @@ static inline float fast_exp(float x) {
 
 // Vector forms (AVX-512 BF16 builds): round to bf16 kept as fp32, and fast_exp.
 #ifdef __AVX512BF16__
-static inline __m512 round_bf16(__m512 v) {  // to the nearest bf16, kept as fp32
-  const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+static inline __m512 widen_bf16(__m256i h) {  // 16 bf16 -> fp32 (exact)
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline __m512 round_bf16(__m512 v) {  // to the nearest bf16, kept as fp32
+  return widen_bf16((__m256i)_mm512_cvtneps_pbh(v));
 }
 
 static inline __m512 exp16(__m512 x) {  // fast_exp, 16 lanes: the same bits
@@ -119,8 +122,7 @@ torch::Tensor silu_mul(torch::Tensor x) {
 #ifdef __AVX512BF16__
         if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {  // 16 at a time, same bits
           auto widen = [](const scalar_t* p) {
-            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
           };
           for (; i + 16 <= n; i += 16) {
             const __m512 gv = widen(g + i);

@@ -50,18 +50,26 @@ static inline void block_pv_v(const float* s, const float* rows, int64_t n, int6
   }
   for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + 16 * c, a[c]);
 }
+
+// f(std::integral_constant<int, D / 16>) for the head sizes the vector forms take; false
+// (nothing called) for the others.
+template <typename F>
+static inline bool with_vectors(int64_t D, F&& f) {
+  switch (D) {
+    case 32: f(std::integral_constant<int, 2>{}); return true;
+    case 64: f(std::integral_constant<int, 4>{}); return true;
+    case 128: f(std::integral_constant<int, 8>{}); return true;
+    case 256: f(std::integral_constant<int, 16>{}); return true;
+    default: return false;
+  }
+}
 #endif
 
 static inline void block_scores(const float* q, const float* rows, int64_t n, int64_t stride,
                                 int64_t D, float* s) {
 #ifdef __AVX512F__
-  switch (D) {
-    case 32: return block_scores_v<2>(q, rows, n, stride, s);
-    case 64: return block_scores_v<4>(q, rows, n, stride, s);
-    case 128: return block_scores_v<8>(q, rows, n, stride, s);
-    case 256: return block_scores_v<16>(q, rows, n, stride, s);
-    default: break;
-  }
+  auto vec = [&](auto nc) { block_scores_v<decltype(nc)::value>(q, rows, n, stride, s); };
+  if (with_vectors(D, vec)) return;
 #endif
   for (int64_t t = 0; t < n; ++t) {
     const float* k = rows + t * stride;
@@ -74,13 +82,8 @@ static inline void block_scores(const float* q, const float* rows, int64_t n, in
 static inline void block_pv(const float* s, const float* rows, int64_t n, int64_t stride,
                             int64_t D, float* acc) {
 #ifdef __AVX512F__
-  switch (D) {
-    case 32: return block_pv_v<2>(s, rows, n, stride, acc);
-    case 64: return block_pv_v<4>(s, rows, n, stride, acc);
-    case 128: return block_pv_v<8>(s, rows, n, stride, acc);
-    case 256: return block_pv_v<16>(s, rows, n, stride, acc);
-    default: break;
-  }
+  auto vec = [&](auto nc) { block_pv_v<decltype(nc)::value>(s, rows, n, stride, acc); };
+  if (with_vectors(D, vec)) return;
 #endif
   for (int64_t t = 0; t < n; ++t)
     for (int64_t d = 0; d < D; ++d) acc[d] += s[t] * rows[t * stride + d];
