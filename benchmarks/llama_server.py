@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import time
 
 import httpx
 
+from quire.bench.report import machine
 from quire.bench.serve_client import run_serve
 
 
@@ -107,9 +107,8 @@ def main() -> None:
                             "-c", str(ctx), "-t", str(cores), "--port", str(port),
                             "--temp", "0"], port, f"llama-server -np {args.parallel}",
                            args, vocab, log))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    print(f"CPU: {cpu}, {cores} cores; model {os.path.basename(model)}")
+    cpu = machine()
+    print(f"CPU: {cpu}; model {os.path.basename(model)}")
     print("| system | output tok/s | total tok/s | TTFT p50 s | ITL p50 s | elapsed s |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import httpx
 
 from quire.bench.commands import BENCH_MODEL_DIR, bench_model
 from quire.bench.quire_runner import run_quire
+from quire.bench.report import machine
 from quire.bench.workload import sharegpt_like
 
 
@@ -115,8 +115,7 @@ def main() -> None:
     out = os.path.join("benchmarks", "results",
                        f"scale-out-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:
-        json.dump({"machine": {"cpu": platform.processor() or platform.machine(),
-                               "cores": os.cpu_count()}, "dtype": args.dtype,
+        json.dump({"machine": machine(), "dtype": args.dtype,
                    "rows": rows}, f, indent=1)
     print("written:", out)
 

@@ -48,6 +48,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--baselines", default="",
                      help="comma list run on the same workload after quire: llama.cpp (a GGUF "
                           "--model; creates .bench-venvs/llama-cpp on first use), hf-static")
+    lat.add_argument("--compare-dense", action="store_true",
+                     help="also run the model with its packed weights dequantized at load "
+                          "(--quantization none) in the same rounds, and print the ratio of "
+                          "time per output token (dense / as configured)")
     lat.set_defaults(func=_latency)
 
     pre = kinds.add_parser("prefix", help="shared-prefix workload, prefix caching on vs off")
@@ -195,6 +199,8 @@ def _latency(args: argparse.Namespace) -> int:
     else:
         model = bench_model(args)
     llms = _variants(args, model)
+    if args.compare_dense:
+        llms.append((" dense", _llm(args, model, quantization="none", speculative_config=None)))
     first = llms[0][1]
     vocab = first.engine.model_info.vocab_size
     if args.workload == "grounded":
@@ -218,15 +224,25 @@ def _latency(args: argparse.Namespace) -> int:
             rows.append(BASELINES[name](model, workload, dtype=first.engine.model_info.dtype,
                                         device="cpu"))
     settings: dict[str, Any] = {"model": model, "workload": workload.name, "baselines": names}
-    if len(llms) == 2:
-        spec_tpot = float(np.median([r["tpot_s_p50"] for r in rows
-                                     if r["system"].endswith(" spec")]))
-        plain_tpot = float(np.median([r["tpot_s_p50"] for r in rows if r["system"] ==
-                                      f"quire ({first.engine.backend_name})"]))
+
+    def tpot(suffix: str) -> float:
+        system = f"quire ({first.engine.backend_name}){suffix}"
+        return float(np.median([r["tpot_s_p50"] for r in rows if r["system"] == system]))
+
+    plain_tpot = tpot("")
+    if args.speculative_config:
+        spec_tpot = tpot(" spec")
         settings["tpot_speedup"] = plain_tpot / spec_tpot
         sys.stdout.write(f"time per output token (p50 over requests): {spec_tpot * 1e3:.2f} ms "
                          f"with speculation, {plain_tpot * 1e3:.2f} ms without: "
                          f"{plain_tpot / spec_tpot:.2f}x\n")
+    if args.compare_dense:
+        dense_tpot = tpot(" dense")
+        settings["dense_tpot_ratio"] = dense_tpot / plain_tpot
+        plain = "without speculation" if args.speculative_config else "as configured"
+        sys.stdout.write(f"time per output token (p50 over requests): {plain_tpot * 1e3:.2f} ms "
+                         f"{plain}, {dense_tpot * 1e3:.2f} ms with dense weights: "
+                         f"{dense_tpot / plain_tpot:.2f}x\n")
     return _finish("latency", rows, settings, args.output_dir)
 
 

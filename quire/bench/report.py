@@ -38,6 +38,26 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
 
 
+def machine() -> str:
+    """The CPU a benchmark ran on, as every result records it: model name, cores, and the
+    vector extensions the native kernels dispatch on (machines of one kind differ here)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+           if f in flags]
+    return f"{name}, {os.cpu_count()} cores" + (f" ({' '.join(isa)})" if isa else "")
+
+
 def write(kind: str, rows: list[dict[str, Any]], settings: dict[str, Any],
           output_dir: str) -> str:
     """Write JSON (+ PNG when matplotlib is installed); returns the JSON path."""
@@ -45,7 +65,7 @@ def write(kind: str, rows: list[dict[str, Any]], settings: dict[str, Any],
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(output_dir, f"{kind}-{stamp}.json")
     doc = {"kind": kind, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+           "machine": machine(),
            "settings": settings, "results": rows}
     with open(path, "w") as f:
         json.dump(doc, f, indent=2)

@@ -110,3 +110,21 @@ def test_llama_cpp_baseline_needs_a_gguf_file(llama_dir):
 
     with pytest.raises(ValueError, match="GGUF"):
         BASELINES["llama.cpp"](llama_dir, fixed(1, 500, 8, 4))
+
+
+def test_bench_latency_compare_dense(tmp_path, capsys):
+    """--compare-dense runs the packed model and its dense copy in the same rounds and
+    reports their ratio (the bundled Q4_1 file: the #12 batch-1 comparison), and the JSON
+    names the CPU."""
+    from quire import default_model
+
+    model = default_model.bundled_model_path()
+    assert model is not None, default_model.INSTALL_HINT
+    assert cli_main(["bench", "latency", "--model", model, "--batch-size", "1",
+                     "--prompt-len", "8", "--output-len", "4", "--compare-dense",
+                     "--num-blocks", "64", "--output-dir", str(tmp_path)]) == 0
+    assert "with dense weights" in capsys.readouterr().out
+    doc = json.loads(next(tmp_path.glob("latency-*.json")).read_text())
+    assert [r["system"] for r in doc["results"]] == ["quire (cpu)", "quire (cpu) dense"]
+    assert doc["settings"]["dense_tpot_ratio"] > 0
+    assert "cores" in doc["machine"]
