@@ -129,7 +129,9 @@ static inline void softmax_update(float* sh, int64_t lo, int64_t hi, float soft_
 }
 
 // One job: NR consecutive rows of one sequence (row i's context L0 + i: a request's
-// speculative verification rows, or one decode row), query heads of KV heads [k0, k1). Per
+// speculative verification rows, or one decode row), query heads of KV heads [k0, k1),
+// blocks [b_lo, b_hi) of the rows' table (one context chunk); it leaves each (row, head)'s
+// running max m, sum l and unnormalised accumulator acc for merge_chunks(). Per
 // block, all those heads' keys of a token are contiguous in the [N, S, Hkv, RS] cache, so
 // the job streams memory in order, once for all its rows: scores for the block's tokens,
 // a softmax update per (row, head), then the weighted values. A row's block ranges are the
@@ -139,10 +141,10 @@ static inline void softmax_update(float* sh, int64_t lo, int64_t hi, float soft_
 // place, the scale multiplying the row's dot product (keys) or its weight (values).
 template <typename T, typename CT, bool QUANT>
 static void decode_job(const T* q, int64_t NR, const CT* kc, const CT* vc, const int32_t* bt,
-                       int64_t L0, T* out, int64_t Hq, int64_t Hkv, int64_t D, int64_t RS,
-                       int64_t S, int64_t k0, int64_t k1, float scale, int64_t window,
-                       float soft_cap, float* qf, float* acc, float* m, float* l, float* s,
-                       float* kvf) {
+                       int64_t L0, int64_t Hq, int64_t Hkv, int64_t D, int64_t RS,
+                       int64_t S, int64_t k0, int64_t k1, int64_t b_lo, int64_t b_hi,
+                       float scale, int64_t window, float soft_cap, float* qf, float* acc,
+                       float* m, float* l, float* s, float* kvf) {
   const int64_t G = Hq / Hkv, hk = k1 - k0, hc = hk * G, h0 = k0 * G;
   for (int64_t i = 0; i < NR; ++i)
     for (int64_t j = 0; j < hc * D; ++j)
@@ -154,7 +156,7 @@ static void decode_job(const T* q, int64_t NR, const CT* kc, const CT* vc, const
   auto first = [&](int64_t i) {
     return window > 0 ? std::max<int64_t>(0, L0 + i - window) : int64_t{0};
   };
-  for (int64_t b = first(0) / S; b * S < Lmax; ++b) {
+  for (int64_t b = std::max(b_lo, first(0) / S); b < b_hi && b * S < Lmax; ++b) {
     const int64_t blk = bt[b], tb = b * S, n = std::min(S, Lmax - tb);
     const CT* kb = kc + blk * S * Hkv * RS;
     const CT* vb = vc + blk * S * Hkv * RS;
@@ -207,11 +209,39 @@ static void decode_job(const T* q, int64_t NR, const CT* kc, const CT* vc, const
       }
     }
   }
+}
+
+// Context chunks: every row's blocks are cut at multiples of CHUNK_TOKENS / S (a fixed
+// grid, so a row's chunks, and its result, do not depend on the other rows of the call);
+// each chunk is its own job, and the chunks' (m, l, acc) are merged in order. One decode row
+// thus spreads over the threads by its context, not only its KV heads (3 KV heads on 2
+// threads left one idle a third of the time).
+constexpr int64_t CHUNK_TOKENS = 128;
+
+// out[i, h] = (sum_c acc_c e^(m_c - M)) / (sum_c l_c e^(m_c - M)), M = max_c m_c, chunks in
+// order (one chunk: e^0 = 1 exactly, so acc / l as before). part: nc slots of
+// [NR * hc * D acc, NR * hc m, NR * hc l], slot stride SS.
+template <typename T>
+static void merge_chunks(const float* part, int64_t nc, int64_t SS, int64_t NR, int64_t hc,
+                         int64_t D, T* out, int64_t Hq, int64_t h0, float* a) {
   for (int64_t i = 0; i < NR; ++i)
-    for (int64_t h = 0; h < hc; ++h)
+    for (int64_t h = 0; h < hc; ++h) {
+      const int64_t ih = i * hc + h;
+      float M = -INFINITY;
+      for (int64_t c = 0; c < nc; ++c) M = std::max(M, part[c * SS + NR * hc * D + ih]);
+      float L = 0.f;
+      std::fill(a, a + D, 0.f);
+      for (int64_t c = 0; c < nc; ++c) {
+        const float* slot = part + c * SS;
+        const float mc = slot[NR * hc * D + ih];
+        if (mc == -INFINITY) continue;  // no token of this row in the chunk
+        const float w = fast_exp(mc - M);
+        L += slot[NR * hc * D + NR * hc + ih] * w;
+        for (int64_t d = 0; d < D; ++d) a[d] += slot[ih * D + d] * w;
+      }
       for (int64_t d = 0; d < D; ++d)
-        out[i * Hq * D + (h0 + h) * D + d] =
-            static_cast<T>(acc[(i * hc + h) * D + d] / l[i * hc + h]);
+        out[i * Hq * D + (h0 + h) * D + d] = static_cast<T>(a[d] / L);
+    }
 }
 
 template <typename T, typename CT, bool QUANT>
@@ -220,21 +250,32 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
                         int64_t D, int64_t RS, int64_t S, int64_t B, float scale,
                         int64_t window, float soft_cap) {
   // Runs of rows of one sequence (the same block table, contexts one longer each: a
-  // request's verification rows) share their K/V reads; runs are the unit of work, split
-  // in rows and KV heads while there are fewer than ~2 jobs per thread.
+  // request's verification rows) share their K/V reads. Jobs: a run's context chunks, each
+  // further split in KV heads, then in rows, while there are fewer than ~2 jobs per thread.
+  const int64_t CB = std::max<int64_t>(1, CHUNK_TOKENS / S);  // blocks per context chunk
+  // Rows [r, r + nr) of a run read blocks [b0, b1): context chunks [c0, c0 + nc).
+  auto chunk_range = [&](int64_t r, int64_t nr, int64_t& c0, int64_t& nc, int64_t& b1) {
+    const int64_t b0 = (window > 0 ? std::max<int64_t>(0, lens[r] - window) : 0) / S;
+    b1 = std::max<int64_t>(b0 + 1, (lens[r] + nr - 1 + S - 1) / S);
+    c0 = b0 / CB;
+    nc = (b1 + CB - 1) / CB - c0;
+  };
   std::vector<std::pair<int64_t, int64_t>> runs;  // (first row, rows)
+  int64_t base = 0;  // context chunks over all runs
   for (int64_t r = 0; r < R;) {
     int64_t e = r + 1;
     while (e < R && lens[e] == lens[e - 1] + 1 &&
            std::memcmp(bt + e * B, bt + r * B, B * sizeof(int32_t)) == 0)
       ++e;
     runs.emplace_back(r, e - r);
+    int64_t c0, nc, b1;
+    chunk_range(r, e - r, c0, nc, b1);
+    base += nc;
     r = e;
   }
   const int64_t threads = at::get_num_threads(), want = 2 * threads;
-  const int64_t nruns = static_cast<int64_t>(runs.size());
-  const int64_t chunks = std::min<int64_t>(Hkv, std::max<int64_t>(1, (want + nruns - 1) / nruns));
-  const int64_t pieces = std::max<int64_t>(1, (want + nruns * chunks - 1) / (nruns * chunks));
+  const int64_t chunks = std::min<int64_t>(Hkv, std::max<int64_t>(1, (want + base - 1) / base));
+  const int64_t pieces = std::max<int64_t>(1, (want + base * chunks - 1) / (base * chunks));
   std::vector<std::pair<int64_t, int64_t>> segs;
   int64_t max_rows = 1;
   for (const auto& [r0, n] : runs) {
@@ -246,19 +287,67 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
   }
   const int64_t per_chunk = (Hkv + chunks - 1) / chunks;
   const int64_t G = Hq / Hkv, nsegs = static_cast<int64_t>(segs.size());
-  at::parallel_for(0, nsegs * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t SS = max_rows * per_chunk * G * (D + 2);  // floats per partial slot
+  // Per (seg, KV-head chunk): its context chunks' slots from first_slot[]; a seg of one
+  // context chunk writes its rows' outputs itself (no slot, no merge).
+  std::vector<int64_t> c_first(nsegs), c_count(nsegs), first_slot(nsegs * chunks, -1);
+  struct Job { int64_t g, c, i, cost; };
+  std::vector<Job> jobs;
+  int64_t slots = 0;
+  bool merges = false;
+  for (int64_t g = 0; g < nsegs; ++g) {
+    const auto [r, nr] = segs[g];
+    int64_t b1;
+    chunk_range(r, nr, c_first[g], c_count[g], b1);
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (c_count[g] > 1) {
+        first_slot[g * chunks + c] = slots;
+        slots += c_count[g];
+        merges = true;
+      }
+      for (int64_t i = 0; i < c_count[g]; ++i)
+        jobs.push_back({g, c, i, nr * (std::min(b1, (c_first[g] + i + 1) * CB) -
+                                       (c_first[g] + i) * CB)});
+    }
+  }
+  // Largest first, handed out one at a time: chunks differ in length (a context's last).
+  std::stable_sort(jobs.begin(), jobs.end(), [](const Job& x, const Job& y) { return x.cost > y.cost; });
+  std::vector<float> part(slots * SS);
+  const int64_t njobs = static_cast<int64_t>(jobs.size());
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, njobs), 1, [&](int64_t, int64_t) {
     const int64_t hc = per_chunk * G, nh = max_rows * hc;
-    std::vector<float> qf(nh * D), acc(nh * D), m(nh), l(nh), s(nh * S);
+    std::vector<float> qf(nh * D), s(nh * S), own(nh * (D + 2));  // a seg's one chunk
     std::vector<float> kvf(QUANT ? 0 : S * per_chunk * D);  // a block's K or V, widened
-    for (int64_t job = begin; job < end; ++job) {
-      const auto [r, nr] = segs[job / chunks];
-      const int64_t c = job % chunks;
+    for (int64_t job = next++; job < njobs; job = next++) {
+      const auto [g, c, i, cost] = jobs[job];
+      const auto [r, nr] = segs[g];
       const int64_t k0 = c * per_chunk, k1 = std::min(Hkv, k0 + per_chunk);
       if (k0 >= k1) continue;
-      decode_job<T, CT, QUANT>(q + r * Hq * D, nr, kc, vc, bt + r * B, lens[r],
-                               out + r * Hq * D, Hq, Hkv, D, RS, S, k0, k1, scale, window,
-                               soft_cap, qf.data(), acc.data(), m.data(), l.data(), s.data(),
+      const int64_t b_lo = (c_first[g] + i) * CB, n = nr * (k1 - k0) * G;
+      const int64_t fs = first_slot[g * chunks + c];
+      float* slot = fs < 0 ? own.data() : part.data() + (fs + i) * SS;
+      decode_job<T, CT, QUANT>(q + r * Hq * D, nr, kc, vc, bt + r * B, lens[r], Hq, Hkv, D,
+                               RS, S, k0, k1, b_lo, b_lo + CB, scale, window, soft_cap,
+                               qf.data(), slot, slot + n * D, slot + n * D + n, s.data(),
                                kvf.data());
+      if (fs < 0)
+        for (int64_t e = 0; e < n; ++e)
+          for (int64_t d = 0; d < D; ++d)
+            out[(r + e / ((k1 - k0) * G)) * Hq * D + (k0 * G + e % ((k1 - k0) * G)) * D + d] =
+                static_cast<T>(slot[e * D + d] / slot[n * D + n + e]);
+    }
+  });
+  if (!merges) return;
+  at::parallel_for(0, nsegs * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> a(D);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t g = job / chunks, c = job % chunks;
+      const auto [r, nr] = segs[g];
+      const int64_t k0 = c * per_chunk, k1 = std::min(Hkv, k0 + per_chunk);
+      if (k0 >= k1 || first_slot[job] < 0) continue;
+      merge_chunks(part.data() + first_slot[job] * SS, c_count[g], SS, nr, (k1 - k0) * G, D,
+                   out + r * Hq * D, Hq, k0 * G, a.data());
     }
   });
 }

@@ -163,3 +163,34 @@ def test_native_verification_rows_share_their_reads(kv_quant):
             qsl = torch.arange(len(lens) + 1, dtype=torch.int32)
             ref = paged_attention(qs, kc, vc, rows_bt, qsl, lens, 0.2, window, None)
             torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("bs, window", [(16, None), (16, 200), (4, None), (8, 150)])
+def test_native_long_contexts_in_chunks(bs, window):
+    """Contexts past one chunk (128 tokens) run as one job per chunk, merged in order: each
+    row agrees with the reference, and equals itself computed alone bit for bit (the chunk
+    grid is fixed, so a row's result does not depend on the call), verification runs and
+    windows that start mid-chunk included."""
+    from quire.backends.cpu import native
+
+    assert native.available()
+    q, kc, vc, bt, _, _ = make_case([600, 130, 257], [1, 1, 1], 6, 3, 32, bs, torch.bfloat16,
+                                    seed=5)
+    # rows 0-4: sequence 0 at contexts 596..600 (one run); row 5: sequence 1 at 130 (two
+    # chunks, the second of 2 tokens); row 6: sequence 2 at 257; row 7: sequence 0 at 128
+    rows_bt = torch.cat([bt[:1].expand(5, -1), bt[1:2], bt[2:3], bt[:1]]).contiguous()
+    lens = torch.tensor([596, 597, 598, 599, 600, 130, 257, 128], dtype=torch.int32)
+    qs = torch.randn(len(lens), 6, 32, generator=torch.Generator().manual_seed(6)).bfloat16()
+    got = native.paged_decode(qs, kc, vc, rows_bt, lens, 0.2, window, None)
+    for r in range(len(lens)):
+        alone = native.paged_decode(qs[r:r + 1], kc, vc, rows_bt[r:r + 1], lens[r:r + 1], 0.2,
+                                    window, None)
+        assert torch.equal(got[r:r + 1], alone), r
+    qsl = torch.arange(len(lens) + 1, dtype=torch.int32)
+    ref = paged_attention(qs, kc, vc, rows_bt, qsl, lens, 0.2, window, None)
+    torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    f32 = native.paged_decode(qs.float(), kc.float(), vc.float(), rows_bt, lens, 0.2, window,
+                              None)
+    ref32 = paged_attention(qs.float(), kc.float(), vc.float(), rows_bt, qsl, lens, 0.2, window,
+                            None)
+    torch.testing.assert_close(f32, ref32, atol=1e-5, rtol=1e-5)
