@@ -21,15 +21,16 @@ y[r, n] = sum over groups j of (scale[n, j] * sum_{k in j} q[n, k] x[r, k]
 the inner sums are exact products accumulated in fp32. bf16 rows enter vdpbf16ps as they are
 (exact against the dequantized weights); float32 rows are split into two bf16 parts, hi + lo
 (x - hi rounded), so the products keep ~16 bits more than one bf16 would (within fp32
-summation noise of the float reference).
-
-Streaming: a call of up to a few rows reads its tiles one at a time, in memory order, so a
-thread's share of the weight is one sequential stream, prefetched PREFETCH bytes ahead.
-Blocks of 4 tiles side by side (4 streams ~4.6 KB apart, each too short to train the
-hardware prefetcher) streamed at ~17 GB/s; one prefetched stream at ~22 (Q4_1 layers of the
-bundled model at one row, 2 threads, Zen 4; the Q8_0 head 1.39x; same results bit for bit). Without mins (Q8_0, ...) the second term is
+summation noise of the float reference). Without mins (Q8_0, ...) the second term is
 skipped (Q4_0 stores its -8 * scale as mins). Each row's result is computed by the same
 sequence of operations whatever the number of rows in the call.
+
+Streaming: a call of up to a few rows reads its tiles one at a time, in memory order, so a
+thread's share of the weight is one sequential stream, prefetched PREFETCH (2 KiB) bytes
+ahead (1 KiB: ~5% slower on the layers when this VM's memory was busy, level when quiet).
+Blocks of 4 tiles side by side (4 streams ~4.6 KB apart, each too short to train the
+hardware prefetcher) streamed at ~17 GB/s; one prefetched stream at ~22 (Q4_1 layers of the
+bundled model at one row, 2 threads, Zen 4; the Q8_0 head 1.39x; same results bit for bit).
 """
 
 LANES = r"""
@@ -56,7 +57,7 @@ static inline __m512bh bcast_pair(const uint16_t* x) {
 }
 
 // Bytes ahead of the load that a single-tile block prefetches (its tiles are one stream).
-constexpr int64_t PREFETCH = 1024;
+constexpr int64_t PREFETCH = 2048;
 
 // One 64-byte load of a 4-bit tile -> its four vdpbf16ps operands (exact bf16 values).
 static inline void unpack4(__m512i w, __m512i table, __m512bh v[4]) {
