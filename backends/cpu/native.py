@@ -3,7 +3,8 @@ torch.utils.cpp_extension (gcc, OpenMP):
 
 - paged_decode: decode attention reading K/V in place through the block table, with an
   online softmax per block, instead of copying every row's pages into a contiguous buffer
-  first (that copy was about a quarter of an fp32 step: benchmarks/RESULTS.md);
+  first (that copy was about a quarter of an fp32 step: benchmarks/RESULTS.md); contexts in
+  chunks of 128 tokens on a fixed grid, one job each, merged in order (decode_csrc.py);
 - rms_norm, silu_mul, rope_inplace: elementwise layers in one pass each (fused.py);
 - moe_experts: a MoE layer's routing and experts in one call (moe_csrc.py, moe.py);
 - argmax_rows: greedy sampling's argmax, ~10x torch's on [64, 32000] on the dev box;
