@@ -311,7 +311,8 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
     }
   }
   // Largest first, handed out one at a time: chunks differ in length (a context's last).
-  std::stable_sort(jobs.begin(), jobs.end(), [](const Job& x, const Job& y) { return x.cost > y.cost; });
+  std::stable_sort(jobs.begin(), jobs.end(),
+                   [](const Job& x, const Job& y) { return x.cost > y.cost; });
   std::vector<float> part(slots * SS);
   const int64_t njobs = static_cast<int64_t>(jobs.size());
   std::atomic<int64_t> next{0};

@@ -136,7 +136,8 @@ static void block(const Args& a, int64_t r0, int64_t t0, const uint16_t* scr = n
         const int64_t k = k0 + 2 * b;
 #pragma GCC unroll 4
         for (int t = 0; t < T; ++t) {
-          const int8_t* src = reinterpret_cast<const int8_t*>(a.qw) + (t0 + t) * tile_bytes + k * 16;
+          const int8_t* src =
+              reinterpret_cast<const int8_t*>(a.qw) + (t0 + t) * tile_bytes + k * 16;
           if (T == 1 && !SCR && b % 2 == 0)
             _mm_prefetch(reinterpret_cast<const char*>(src + PREFETCH), _MM_HINT_T0);
           const __m512bh v = SCR
