@@ -51,7 +51,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--compare-dense", action="store_true",
                      help="also run the model with its packed weights dequantized at load "
                           "(--quantization none) in the same rounds, and print the ratio of "
-                          "time per output token (dense / as configured)")
+                          "time per output token (dense / as configured); for a packed "
+                          "--model (GGUF, GPTQ/AWQ or int8 folder)")
     lat.set_defaults(func=_latency)
 
     pre = kinds.add_parser("prefix", help="shared-prefix workload, prefix caching on vs off")
