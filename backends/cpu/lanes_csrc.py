@@ -90,7 +90,9 @@ struct Args {
 
 // Rows r0..r0+R, tiles t0..t0+T. With SCR the tiles come unpacked (unpack(): scr holds
 // tile t0's bf16 operands, the next tile's after them) instead of being unpacked here; the
-// operands are the same values and every row runs the same operations either way.
+// operands are the same values and every row runs the same operations either way. T > 1
+// only with SCR (two cached tiles share the rows' broadcasts); from memory, rows() streams
+// one tile at a time and the block prefetches ahead in that stream.
 template <int BITS, bool SPLIT, bool HALF, int R, int T, bool SCR = false>
 static void block(const Args& a, int64_t r0, int64_t t0, const uint16_t* scr = nullptr) {
   __m512 acc[R][T], gacc[R][T];
