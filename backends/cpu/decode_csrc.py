@@ -165,49 +165,46 @@ static void decode_job(const T* q, int64_t NR, const CT* kc, const CT* vc, const
       lo = std::max(tb, first(i)) - tb;
       hi = std::min(tb + S, L0 + i) - tb;
     };
+    // f(h, ih, lo, hi) for every (row i, head h) reading tokens [lo, hi) of the block.
+    auto each_head = [&](auto&& f) {
+      for (int64_t i = 0; i < NR; ++i) {
+        int64_t lo, hi;
+        range(i, lo, hi);
+        if (hi <= lo) continue;
+        for (int64_t h = 0; h < hc; ++h) f(h, i * hc + h, lo, hi);
+      }
+    };
     if constexpr (!QUANT) widen_rows(kb + k0 * D, kvf, n, Hkv, hk, D);
-    for (int64_t i = 0; i < NR; ++i) {
-      int64_t lo, hi;
-      range(i, lo, hi);
-      if (hi <= lo) continue;
-      for (int64_t h = 0; h < hc; ++h) {
-        const int64_t ih = i * hc + h;
-        float* sh = s + ih * S;
-        if constexpr (!QUANT) {
-          block_scores(qf + ih * D, kvf + lo * hk * D + (h / G) * D, hi - lo, hk * D, D,
-                       sh + lo);
-        } else {
-          for (int64_t t = lo; t < hi; ++t) {
-            const CT* kp = kb + (t * Hkv + k0 + h / G) * RS;
-            const float* qp = qf + ih * D;
-            float dot = 0.f;
-            for (int64_t d = 0; d < D; ++d) dot += qp[d] * static_cast<float>(kp[d]);
-            sh[t] = dot * row_scale<CT, QUANT>(kp, D);
-          }
+    each_head([&](int64_t h, int64_t ih, int64_t lo, int64_t hi) {
+      float* sh = s + ih * S;
+      if constexpr (!QUANT) {
+        block_scores(qf + ih * D, kvf + lo * hk * D + (h / G) * D, hi - lo, hk * D, D,
+                     sh + lo);
+      } else {
+        for (int64_t t = lo; t < hi; ++t) {
+          const CT* kp = kb + (t * Hkv + k0 + h / G) * RS;
+          const float* qp = qf + ih * D;
+          float dot = 0.f;
+          for (int64_t d = 0; d < D; ++d) dot += qp[d] * static_cast<float>(kp[d]);
+          sh[t] = dot * row_scale<CT, QUANT>(kp, D);
         }
-        softmax_update(sh, lo, hi, soft_cap, m[ih], l[ih], acc + ih * D, D);
       }
-    }
+      softmax_update(sh, lo, hi, soft_cap, m[ih], l[ih], acc + ih * D, D);
+    });
     if constexpr (!QUANT) widen_rows(vb + k0 * D, kvf, n, Hkv, hk, D);
-    for (int64_t i = 0; i < NR; ++i) {
-      int64_t lo, hi;
-      range(i, lo, hi);
-      if (hi <= lo) continue;
-      for (int64_t h = 0; h < hc; ++h) {
-        const int64_t ih = i * hc + h;
-        const float* sh = s + ih * S;
-        float* ap = acc + ih * D;
-        if constexpr (!QUANT) {
-          block_pv(sh + lo, kvf + lo * hk * D + (h / G) * D, hi - lo, hk * D, D, ap);
-        } else {
-          for (int64_t t = lo; t < hi; ++t) {
-            const CT* vp = vb + (t * Hkv + k0 + h / G) * RS;
-            const float p = sh[t] * row_scale<CT, QUANT>(vp, D);
-            for (int64_t d = 0; d < D; ++d) ap[d] += p * static_cast<float>(vp[d]);
-          }
+    each_head([&](int64_t h, int64_t ih, int64_t lo, int64_t hi) {
+      const float* sh = s + ih * S;
+      float* ap = acc + ih * D;
+      if constexpr (!QUANT) {
+        block_pv(sh + lo, kvf + lo * hk * D + (h / G) * D, hi - lo, hk * D, D, ap);
+      } else {
+        for (int64_t t = lo; t < hi; ++t) {
+          const CT* vp = vb + (t * Hkv + k0 + h / G) * RS;
+          const float p = sh[t] * row_scale<CT, QUANT>(vp, D);
+          for (int64_t d = 0; d < D; ++d) ap[d] += p * static_cast<float>(vp[d]);
         }
       }
-    }
+    });
   }
 }
 
@@ -318,7 +315,7 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, njobs), 1, [&](int64_t, int64_t) {
     const int64_t hc = per_chunk * G, nh = max_rows * hc;
-    std::vector<float> qf(nh * D), s(nh * S), own(nh * (D + 2));  // a seg's one chunk
+    std::vector<float> qf(nh * D), s(nh * S), own(nh * (D + 2)), a(D);  // own: one chunk
     std::vector<float> kvf(QUANT ? 0 : S * per_chunk * D);  // a block's K or V, widened
     for (int64_t job = next++; job < njobs; job = next++) {
       const auto [g, c, i, cost] = jobs[job];
@@ -333,10 +330,7 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
                                qf.data(), slot, slot + n * D, slot + n * D + n, s.data(),
                                kvf.data());
       if (fs < 0)
-        for (int64_t e = 0; e < n; ++e)
-          for (int64_t d = 0; d < D; ++d)
-            out[(r + e / ((k1 - k0) * G)) * Hq * D + (k0 * G + e % ((k1 - k0) * G)) * D + d] =
-                static_cast<T>(slot[e * D + d] / slot[n * D + n + e]);
+        merge_chunks(slot, 1, 0, nr, (k1 - k0) * G, D, out + r * Hq * D, Hq, k0 * G, a.data());
     }
   });
   if (!merges) return;
