@@ -291,7 +291,6 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
   struct Job { int64_t g, c, i, cost; };
   std::vector<Job> jobs;
   int64_t slots = 0;
-  bool merges = false;
   for (int64_t g = 0; g < nsegs; ++g) {
     const auto [r, nr] = segs[g];
     int64_t b1;
@@ -300,23 +299,36 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
       if (c_count[g] > 1) {
         first_slot[g * chunks + c] = slots;
         slots += c_count[g];
-        merges = true;
       }
+      const int64_t heads =
+          std::max<int64_t>(0, std::min(Hkv, (c + 1) * per_chunk) - c * per_chunk);
       for (int64_t i = 0; i < c_count[g]; ++i)
-        jobs.push_back({g, c, i, nr * (std::min(b1, (c_first[g] + i + 1) * CB) -
-                                       (c_first[g] + i) * CB)});
+        jobs.push_back({g, c, i, nr * heads * (std::min(b1, (c_first[g] + i + 1) * CB) -
+                                               (c_first[g] + i) * CB)});
     }
   }
   // Largest first, handed out one at a time: chunks differ in length (a context's last).
   std::stable_sort(jobs.begin(), jobs.end(),
                    [](const Job& x, const Job& y) { return x.cost > y.cost; });
   std::vector<float> part(slots * SS);
+  // Context chunks of each (seg, KV-head chunk) still running: the job that finishes the
+  // last one merges them (in order, so the result does not depend on which thread does).
+  std::unique_ptr<std::atomic<int64_t>[]> left(new std::atomic<int64_t>[nsegs * chunks]);
+  for (int64_t g = 0; g < nsegs; ++g)
+    for (int64_t c = 0; c < chunks; ++c) left[g * chunks + c].store(c_count[g]);
+  // bf16 caches with a head size attn16 takes run its tiles-of-16 job (decode_vec_csrc.py).
+  bool vec = false;
+#ifdef __AVX512BF16__
+  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<CT, c10::BFloat16>)
+    vec = attn16::with_head_size(D, [](auto) {});
+#endif
   const int64_t njobs = static_cast<int64_t>(jobs.size());
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, njobs), 1, [&](int64_t, int64_t) {
     const int64_t hc = per_chunk * G, nh = max_rows * hc;
-    std::vector<float> qf(nh * D), s(nh * S), own(nh * (D + 2)), a(D);  // own: one chunk
-    std::vector<float> kvf(QUANT ? 0 : S * per_chunk * D);  // a block's K or V, widened
+    std::vector<float> qf(vec ? 0 : nh * D), s(nh * (vec ? 16 : S)), own(nh * (D + 2)), a(D);
+    std::vector<float> kvf(QUANT || vec ? 0 : S * per_chunk * D);  // a block's K or V, widened
+    std::vector<uint32_t> kt(vec ? D * 16 : 0);  // a tile's keys, transposed
     for (int64_t job = next++; job < njobs; job = next++) {
       const auto [g, c, i, cost] = jobs[job];
       const auto [r, nr] = segs[g];
@@ -325,24 +337,29 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
       const int64_t b_lo = (c_first[g] + i) * CB, n = nr * (k1 - k0) * G;
       const int64_t fs = first_slot[g * chunks + c];
       float* slot = fs < 0 ? own.data() : part.data() + (fs + i) * SS;
-      decode_job<T, CT, QUANT>(q + r * Hq * D, nr, kc, vc, bt + r * B, lens[r], Hq, Hkv, D,
-                               RS, S, k0, k1, b_lo, b_lo + CB, scale, window, soft_cap,
-                               qf.data(), slot, slot + n * D, slot + n * D + n, s.data(),
-                               kvf.data());
+      bool done = false;
+#ifdef __AVX512BF16__
+      if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<CT, c10::BFloat16>) {
+        if (vec)
+          done = attn16::with_head_size(D, [&](auto nc) {
+            attn16::job<decltype(nc)::value>(
+                reinterpret_cast<const uint16_t*>(q + r * Hq * D), nr,
+                reinterpret_cast<const uint16_t*>(kc), reinterpret_cast<const uint16_t*>(vc),
+                bt + r * B, lens[r], Hq, Hkv, S, k0, k1, b_lo, b_lo + CB, scale, window,
+                soft_cap, slot, slot + n * D, slot + n * D + n, kt.data(), s.data());
+          });
+      }
+#endif
+      if (!done)
+        decode_job<T, CT, QUANT>(q + r * Hq * D, nr, kc, vc, bt + r * B, lens[r], Hq, Hkv, D,
+                                 RS, S, k0, k1, b_lo, b_lo + CB, scale, window, soft_cap,
+                                 qf.data(), slot, slot + n * D, slot + n * D + n, s.data(),
+                                 kvf.data());
       if (fs < 0)
         merge_chunks(slot, 1, 0, nr, (k1 - k0) * G, D, out + r * Hq * D, Hq, k0 * G, a.data());
-    }
-  });
-  if (!merges) return;
-  at::parallel_for(0, nsegs * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> a(D);
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t g = job / chunks, c = job % chunks;
-      const auto [r, nr] = segs[g];
-      const int64_t k0 = c * per_chunk, k1 = std::min(Hkv, k0 + per_chunk);
-      if (k0 >= k1 || first_slot[job] < 0) continue;
-      merge_chunks(part.data() + first_slot[job] * SS, c_count[g], SS, nr, (k1 - k0) * G, D,
-                   out + r * Hq * D, Hq, k0 * G, a.data());
+      else if (left[g * chunks + c].fetch_sub(1, std::memory_order_acq_rel) == 1)
+        merge_chunks(part.data() + fs * SS, c_count[g], SS, nr, (k1 - k0) * G, D,
+                     out + r * Hq * D, Hq, k0 * G, a.data());
     }
   });
 }

@@ -65,6 +65,7 @@ def _sources() -> list[str]:
         comm_csrc,
         csrc,
         decode_csrc,
+        decode_vec_csrc,
         gemm_csrc,
         lanes_csrc,
         lanes_dequant_csrc,
@@ -72,12 +73,12 @@ def _sources() -> list[str]:
         moe_csrc,
     )
 
-    return [csrc.COMMON + decode_csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE +
-            lanes_csrc.LANES + lanes_dequant_csrc.LANES_DEQUANT + comm_csrc.SHM_ALLREDUCE +
-            layer_csrc.LAYER]
+    return [csrc.COMMON + decode_vec_csrc.DECODE_VEC + decode_csrc.DECODE + csrc.FUSED +
+            gemm_csrc.GEMM + moe_csrc.MOE + lanes_csrc.LANES + lanes_dequant_csrc.LANES_DEQUANT +
+            comm_csrc.SHM_ALLREDUCE + layer_csrc.LAYER]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v29", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v35", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",
