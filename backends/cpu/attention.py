@@ -191,6 +191,12 @@ def _make_plan(md: AttentionMetadata, block_size: int, sliding_window: int | Non
     # With the native kernel, a request with a few queries (speculative verification, a short
     # chunk) runs as that many decode rows over its own block table, each seeing the keys up
     # to its position: no gather of its pages, no mask.
+    if use_native and num_reqs and md.max_query_len == 1:
+        # Every request decodes one token (token i is request i's): the metadata's own rows,
+        # without the gathers below (a batch-1 step runs this with every Python cost cold).
+        return _Plan(_DecodeRows(token_idx=torch.arange(num_reqs),
+                                 block_tables=md.block_tables[:num_reqs],
+                                 seq_lens=md.seq_lens[:num_reqs]), [], [], True)
     short = query_lens <= (NATIVE_MAX_QUERIES if use_native else 1)
     decode = short.nonzero()[0]
     decode_rows = None
