@@ -141,7 +141,10 @@ def test_native_verification_rows_share_their_reads(kv_quant):
     from quire.backends.torch import kv_quant as kvq
 
     assert native.available()
-    for window, hq, hkv, d in [(None, 8, 2, 64), (6, 6, 3, 32), (None, 4, 4, 48)]:
+    # head sizes: 64, 32, 128, 96, 256 take the bf16 tiles-of-16 job (decode_vec_csrc.py),
+    # 48 the plain one
+    for window, hq, hkv, d in [(None, 8, 2, 64), (6, 6, 3, 32), (None, 4, 4, 48),
+                               (None, 4, 2, 128), (5, 3, 3, 96), (None, 2, 1, 256)]:
         q, kc, vc, bt, _, _ = make_case([40, 23], [1, 1], hq, hkv, d, 4, torch.bfloat16, seed=3)
         # rows 0-6: sequence 0 at contexts 34..40; row 7: sequence 1; rows 8-9: sequence 0
         # again at 20, 21 (a second run with the same table)
@@ -165,7 +168,7 @@ def test_native_verification_rows_share_their_reads(kv_quant):
             torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("bs, window", [(16, None), (16, 200), (4, None), (8, 150)])
+@pytest.mark.parametrize("bs, window", [(16, None), (16, 200), (4, None), (8, 150), (32, 70)])
 def test_native_long_contexts_in_chunks(bs, window):
     """Contexts past one chunk (128 tokens) run as one job per chunk, merged in order: each
     row agrees with the reference, and equals itself computed alone bit for bit (the chunk
