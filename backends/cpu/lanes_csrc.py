@@ -95,7 +95,7 @@ struct Args {
 // one tile at a time and the block prefetches ahead in that stream.
 template <int BITS, bool SPLIT, bool HALF, int R, int T, bool SCR = false>
 static void block(const Args& a, int64_t r0, int64_t t0, const uint16_t* scr = nullptr) {
-  __m512 acc[R][T], gacc[R][T], gacc2[R][T];  // a group's sums: two chains (even / odd)
+  __m512 acc[R][T], gacc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   const __m512i table = _mm512_loadu_si512(TABLE);
@@ -104,7 +104,7 @@ static void block(const Args& a, int64_t r0, int64_t t0, const uint16_t* scr = n
   const size_t sbytes = HALF ? 2 : 4;
   for (int64_t j = 0; j < a.G; ++j) {
     for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) gacc[r][t] = gacc2[r][t] = _mm512_setzero_ps();
+      for (int t = 0; t < T; ++t) gacc[r][t] = _mm512_setzero_ps();
     const int64_t k0 = j * g;
     if (BITS == 4) {
       for (int64_t b = 0; b < g / 8; ++b) {
@@ -125,9 +125,10 @@ static void block(const Args& a, int64_t r0, int64_t t0, const uint16_t* scr = n
             const uint16_t* xh = a.xh + (r0 + r) * K + k;
 #pragma GCC unroll 4
             for (int u = 0; u < 4; ++u) {
-              __m512& g = u % 2 ? gacc2[r][t] : gacc[r][t];
-              g = _mm512_dpbf16_ps(g, bcast_pair(xh + 2 * u), v[u]);
-              if (SPLIT) g = _mm512_dpbf16_ps(g, bcast_pair(a.xl + (r0 + r) * K + k + 2 * u), v[u]);
+              gacc[r][t] = _mm512_dpbf16_ps(gacc[r][t], bcast_pair(xh + 2 * u), v[u]);
+              if (SPLIT)
+                gacc[r][t] = _mm512_dpbf16_ps(gacc[r][t],
+                                              bcast_pair(a.xl + (r0 + r) * K + k + 2 * u), v[u]);
             }
           }
         }
@@ -146,9 +147,9 @@ static void block(const Args& a, int64_t r0, int64_t t0, const uint16_t* scr = n
               : unpack8(src);
 #pragma GCC unroll 4
           for (int r = 0; r < R; ++r) {
-            __m512& g = b % 2 ? gacc2[r][t] : gacc[r][t];
-            g = _mm512_dpbf16_ps(g, bcast_pair(a.xh + (r0 + r) * K + k), v);
-            if (SPLIT) g = _mm512_dpbf16_ps(g, bcast_pair(a.xl + (r0 + r) * K + k), v);
+            gacc[r][t] = _mm512_dpbf16_ps(gacc[r][t], bcast_pair(a.xh + (r0 + r) * K + k), v);
+            if (SPLIT)
+              gacc[r][t] = _mm512_dpbf16_ps(gacc[r][t], bcast_pair(a.xl + (r0 + r) * K + k), v);
           }
         }
       }
@@ -161,7 +162,7 @@ static void block(const Args& a, int64_t r0, int64_t t0, const uint16_t* scr = n
       if (a.mins != nullptr)
         m = load16<HALF>(static_cast<const char*>(a.mins) + off * sbytes);
       for (int r = 0; r < R; ++r) {
-        acc[r][t] = _mm512_fmadd_ps(_mm512_add_ps(gacc[r][t], gacc2[r][t]), d, acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(gacc[r][t], d, acc[r][t]);
         if (a.mins != nullptr)
           acc[r][t] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.xsum[(r0 + r) * a.G + j]), acc[r][t]);
       }

@@ -78,7 +78,7 @@ def _sources() -> list[str]:
             comm_csrc.SHM_ALLREDUCE + layer_csrc.LAYER]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v36", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v45", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",
