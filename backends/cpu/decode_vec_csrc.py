@@ -1,8 +1,8 @@
-"""C++ source of decode attention's bf16 job on AVX-512 BF16 (built by native.py between
-csrc.py's COMMON and decode_csrc.py's DECODE, which calls it for bf16 caches with a head
-size that is a multiple of 32, up to 256).
+"""C++ source of decode attention's bf16 job on AVX-512 BF16 (built by native.py after
+csrc.py's COMMON; decode_csrc.py's decode_rows calls it for bf16 caches with head sizes 32,
+64, 96, 128 or 256).
 
-Why: the plain job (decode_csrc.py) takes one token at a time -- a dot product ending in a
+Why: the plain job (decode_plain_csrc.py) takes one token at a time -- a dot product ending in a
 horizontal sum, a scalar exp, the K and V rows widened to float32 into a buffer -- about 44
 cycles of a thread per (token, query head) on the dev box (Zen 4), far from its
 multiply-adds. Here a block's tokens go 16 at a time across the vector lanes:
@@ -130,7 +130,7 @@ static inline void values_n(const uint16_t* vsrc, int64_t stride, int64_t t_lo, 
   }
 }
 
-// The job decode_csrc.py's decode_job describes (same arguments and outputs: NR rows of one
+// The job decode_plain_csrc.py's decode_job describes (same arguments and outputs: NR rows of one
 // sequence, query heads of KV heads [k0, k1), blocks [b_lo, b_hi); each (row, head)'s
 // running max m, sum l and unnormalised acc), for bf16 caches. Scratch: kt D * 16 words,
 // pw NR * hc * 16 floats.

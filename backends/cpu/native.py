@@ -4,7 +4,8 @@ torch.utils.cpp_extension (gcc, OpenMP):
 - paged_decode: decode attention reading K/V in place through the block table, with an
   online softmax per block, instead of copying every row's pages into a contiguous buffer
   first (that copy was about a quarter of an fp32 step: benchmarks/RESULTS.md); contexts in
-  chunks of 128 tokens on a fixed grid, one job each, merged in order (decode_csrc.py);
+  chunks of 128 tokens on a fixed grid, one job each, merged in order (decode_csrc.py); bf16
+  caches on AVX-512 BF16 take tiles of 16 tokens across the vector lanes (decode_vec_csrc.py);
 - rms_norm, silu_mul, rope_inplace: elementwise layers in one pass each (fused.py);
 - moe_experts: a MoE layer's routing and experts in one call (moe_csrc.py, moe.py);
 - argmax_rows: greedy sampling's argmax, ~10x torch's on [64, 32000] on the dev box;
@@ -65,6 +66,7 @@ def _sources() -> list[str]:
         comm_csrc,
         csrc,
         decode_csrc,
+        decode_plain_csrc,
         decode_vec_csrc,
         gemm_csrc,
         lanes_csrc,
@@ -73,12 +75,12 @@ def _sources() -> list[str]:
         moe_csrc,
     )
 
-    return [csrc.COMMON + decode_vec_csrc.DECODE_VEC + decode_csrc.DECODE + csrc.FUSED +
-            gemm_csrc.GEMM + moe_csrc.MOE + lanes_csrc.LANES + lanes_dequant_csrc.LANES_DEQUANT +
-            comm_csrc.SHM_ALLREDUCE + layer_csrc.LAYER]
+    return [csrc.COMMON + decode_vec_csrc.DECODE_VEC + decode_plain_csrc.DECODE_PLAIN +
+            decode_csrc.DECODE + csrc.FUSED + gemm_csrc.GEMM + moe_csrc.MOE + lanes_csrc.LANES +
+            lanes_dequant_csrc.LANES_DEQUANT + comm_csrc.SHM_ALLREDUCE + layer_csrc.LAYER]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v45", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v46", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",
