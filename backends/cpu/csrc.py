@@ -20,6 +20,13 @@ COMMON = r"""
 #include <immintrin.h>
 #endif
 
+// f(std::integral_constant<int, D / 16>) when the head size D is one of Ds (a kernel's
+// vector forms, D / 16 registers a row); false, nothing called, for any other D.
+template <int... Ds, typename F>
+static inline bool with_head_size(int64_t D, F&& f) {
+  return ((D == Ds ? (f(std::integral_constant<int, Ds / 16>{}), true) : false) || ...);
+}
+
 // exp(x), x clamped to [-87, 88]: 2^(x log2 e) split into 2^n * 2^f with |f| <= 1/2, 2^f by
 // its degree-7 Taylor polynomial (relative error ~1e-8), 2^n through the exponent bits.
 // Branch-free, so gcc vectorizes loops over it.

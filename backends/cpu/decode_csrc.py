@@ -119,7 +119,7 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
   bool vec = false;
 #ifdef __AVX512BF16__
   if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<CT, c10::BFloat16>)
-    vec = attn16::with_head_size(D, [](auto) {});
+    vec = attn16::for_head_size(D, [](auto) {});
 #endif
   const int64_t njobs = static_cast<int64_t>(jobs.size());
   std::atomic<int64_t> next{0};
@@ -140,7 +140,7 @@ static void decode_rows(const T* q, const CT* kc, const CT* vc, const int32_t* b
 #ifdef __AVX512BF16__
       if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<CT, c10::BFloat16>) {
         if (vec)
-          done = attn16::with_head_size(D, [&](auto nc) {
+          done = attn16::for_head_size(D, [&](auto nc) {
             attn16::job<decltype(nc)::value>(
                 reinterpret_cast<const uint16_t*>(q + r * Hq * D), nr,
                 reinterpret_cast<const uint16_t*>(kc), reinterpret_cast<const uint16_t*>(vc),

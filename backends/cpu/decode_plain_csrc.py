@@ -52,25 +52,13 @@ static inline void block_pv_v(const float* s, const float* rows, int64_t n, int6
   for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + 16 * c, a[c]);
 }
 
-// f(std::integral_constant<int, D / 16>) for the head sizes the vector forms take; false
-// (nothing called) for the others.
-template <typename F>
-static inline bool with_vectors(int64_t D, F&& f) {
-  switch (D) {
-    case 32: f(std::integral_constant<int, 2>{}); return true;
-    case 64: f(std::integral_constant<int, 4>{}); return true;
-    case 128: f(std::integral_constant<int, 8>{}); return true;
-    case 256: f(std::integral_constant<int, 16>{}); return true;
-    default: return false;
-  }
-}
 #endif
 
 static inline void block_scores(const float* q, const float* rows, int64_t n, int64_t stride,
                                 int64_t D, float* s) {
 #ifdef __AVX512F__
   auto vec = [&](auto nc) { block_scores_v<decltype(nc)::value>(q, rows, n, stride, s); };
-  if (with_vectors(D, vec)) return;
+  if (with_head_size<32, 64, 128, 256>(D, vec)) return;
 #endif
   for (int64_t t = 0; t < n; ++t) {
     const float* k = rows + t * stride;
@@ -84,7 +72,7 @@ static inline void block_pv(const float* s, const float* rows, int64_t n, int64_
                             int64_t D, float* acc) {
 #ifdef __AVX512F__
   auto vec = [&](auto nc) { block_pv_v<decltype(nc)::value>(s, rows, n, stride, acc); };
-  if (with_vectors(D, vec)) return;
+  if (with_head_size<32, 64, 128, 256>(D, vec)) return;
 #endif
   for (int64_t t = 0; t < n; ++t)
     for (int64_t d = 0; d < D; ++d) acc[d] += s[t] * rows[t * stride + d];

@@ -244,17 +244,10 @@ static void job(const uint16_t* q, int64_t NR, const uint16_t* kc, const uint16_
   }
 }
 
-// f(std::integral_constant<int, D / 16>) for the head sizes this job takes.
+// The head sizes this job takes (f(std::integral_constant<int, D / 16>) for them).
 template <typename F>
-static inline bool with_head_size(int64_t D, F&& f) {
-  switch (D) {
-    case 32: f(std::integral_constant<int, 2>{}); return true;
-    case 64: f(std::integral_constant<int, 4>{}); return true;
-    case 96: f(std::integral_constant<int, 6>{}); return true;
-    case 128: f(std::integral_constant<int, 8>{}); return true;
-    case 256: f(std::integral_constant<int, 16>{}); return true;
-    default: return false;
-  }
+static inline bool for_head_size(int64_t D, F&& f) {
+  return with_head_size<32, 64, 96, 128, 256>(D, f);
 }
 
 }  // namespace attn16

@@ -80,7 +80,7 @@ def _sources() -> list[str]:
             lanes_dequant_csrc.LANES_DEQUANT + comm_csrc.SHM_ALLREDUCE + layer_csrc.LAYER]
 
 
-_KERNELS = LazyExtension("quire_cpu_kernels_v46", _sources,
+_KERNELS = LazyExtension("quire_cpu_kernels_v48", _sources,
                          ["paged_decode", "rms_norm", "silu_mul", "rope_inplace",
                           "moe_experts", "argmax_rows", "bf16_gemm_supported", "vnni_pack",
                           "vnni_linear", "lanes_supported", "lanes_linear",
